@@ -1,0 +1,83 @@
+"""Every setting of the gateway, read from `GATEWAY_*` environment variables.
+
+`gateway serve` maps its flags onto the same fields, so one object describes a running
+gateway whichever way it was configured.
+"""
+
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BeforeValidator, ByteSize, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: object) -> object:
+    """Accept `90`, `90s`, `30m`, `24h`, `7d` besides what pydantic takes for a timedelta."""
+    if isinstance(value, str) and (match := _DURATION.match(value)):
+        return timedelta(seconds=int(match[1]) * _UNIT_SECONDS[match[2]])
+    return value
+
+
+def parse_list(value: object) -> object:
+    """Comma-separated lists in the environment: `GATEWAY_CORS_ORIGINS=https://a,https://b`."""
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+CommaList = Annotated[list[str], NoDecode, BeforeValidator(parse_list)]
+
+
+class Settings(BaseSettings):
+    """The gateway's configuration. Sizes take units (`8MiB`, `5GiB`), durations `24h`."""
+
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore")
+
+    backend: Literal["local", "s3"] = Field("local", description="storage backend")
+    data_dir: Path = Field(Path("./data"), description="local backend: where objects live")
+    host: str = Field("127.0.0.1", description="address to listen on")
+    port: int = Field(8000, ge=0, le=65535, description="port to listen on")
+    max_upload_bytes: ByteSize = Field(
+        ByteSize(5 * GiB), gt=0, description="largest object an upload may store"
+    )
+
+    s3_bucket: str | None = Field(None, description="s3 backend: the bucket")
+    s3_endpoint_url: str | None = Field(None, description="s3 backend: endpoint (MinIO, moto)")
+    s3_region: str | None = Field(None, description="s3 backend: region")
+    s3_addressing_style: Literal["auto", "path", "virtual"] = Field(
+        "auto", description="s3 backend: `path` for MinIO and most S3-compatible servers"
+    )
+    s3_part_size: ByteSize = Field(
+        ByteSize(8 * MiB), ge=5 * MiB, le=5 * GiB, description="s3 backend: multipart part size"
+    )
+    s3_max_concurrency: int = Field(
+        4, ge=1, le=64, description="s3 backend: parts in flight per upload"
+    )
+
+    tokens_file: Path | None = Field(None, description="JSON file of bearer tokens")
+    signing_key: SecretStr | None = Field(None, description="secret for presigned URLs")
+    allow_anonymous: bool = Field(
+        False, description="serve without tokens on a non-loopback address"
+    )
+    cors_origins: CommaList = Field(
+        default_factory=list, description="origins allowed by CORS, comma-separated"
+    )
+    upload_expiry: Duration = Field(
+        timedelta(hours=24), description="resumable uploads idle this long are removed"
+    )
+
+    @field_validator("upload_expiry")
+    @classmethod
+    def _positive_expiry(cls, value: timedelta) -> timedelta:
+        if value.total_seconds() <= 0:
+            raise ValueError("must be positive")
+        return value
