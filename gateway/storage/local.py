@@ -1,0 +1,411 @@
+"""The local-disk backend.
+
+Layout of the data folder:
+
+    index.sqlite3       key -> blob id, size, SHA-256, content type, filename, metadata
+    blobs/ab/abcd...    the bytes of each object, named by a random blob id
+    tmp/abcd...         uploads in progress, each flock()ed by the process writing it
+
+Keys never become paths: whatever a key holds, its bytes land in `blobs/` under a random
+id, so no key can reach outside the folder, and `a` and `a/b` coexist.
+
+An upload streams into `tmp/<id>` (a worker thread hashes and writes each batch while the
+event loop receives the next), is fsynced, and then committed: one SQLite transaction
+points the key at the blob, and the file is renamed into `blobs/`. A reader sees the old
+row or the new one, and each names a whole file. A blob that a commit or delete replaced
+is recorded as garbage in the same transaction and removed after it.
+
+After a crash, `start()` sweeps: a tmp file that no live process holds locked is either
+committed already (then it is moved into place) or not (then it is removed), and recorded
+garbage is removed.
+"""
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiofiles.os
+
+from ..digests import Digests, batched
+from ..errors import BackendError, BackendUnavailable, NotFound
+from ..ranges import ByteRange, RangeSpec, resolve_range
+from ..settings import Settings
+from .base import (
+    Buffer,
+    Chunks,
+    Listing,
+    ObjectInfo,
+    ObjectReader,
+    Staged,
+    Storage,
+    WriteSpec,
+    etag_for,
+)
+from .cursor import decode_cursor, encode_cursor
+from .local_index import Index, Row
+from .writeback import start_writeback
+
+T = TypeVar("T")
+
+WRITE_BATCH = 1024 * 1024  # bytes handed to the writer thread at a time
+# Downloads read in chunks of 1 to 4 MiB: larger chunks serve one client faster, and the
+# budget shrinks them as more downloads share the process, so memory stays bounded.
+READ_MIN, READ_MAX, READ_BUDGET = 1024 * 1024, 4 * 1024 * 1024, 16 * 1024 * 1024
+
+
+def _write_all(fd: int, chunks: list[Buffer], digests: Digests) -> None:
+    """Hash and append a batch, then start its writeback: runs in a worker thread, and every
+    call here releases the GIL."""
+    digests.update(chunks)
+    views = [memoryview(chunk) for chunk in chunks if len(chunk)]
+    while views:
+        written = os.writev(fd, views[:1024])
+        done = 0
+        while done < len(views) and written >= len(views[done]):
+            written -= len(views[done])
+            done += 1
+        del views[:done]
+        if written:
+            views[0] = views[0][written:]
+    start_writeback(fd)
+
+
+class LocalStorage(Storage):
+    name = "local"
+
+    def __init__(self, root: Path, *, io_threads: int = 16):
+        self.root = root.resolve()
+        self.blobs = self.root / "blobs"
+        self.tmp = self.root / "tmp"
+        self.index = Index(self.root / "index.sqlite3")
+        self._io = ThreadPoolExecutor(io_threads, thread_name_prefix="gateway-io")
+        self.readers = 0  # downloads in progress, which share READ_BUDGET
+
+    def read_size(self) -> int:
+        return max(READ_MIN, min(READ_MAX, READ_BUDGET // max(1, self.readers)))
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "LocalStorage":
+        return cls(settings.data_dir)
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
+
+    def blob_path(self, blob: str) -> Path:
+        return self.blobs / blob[:2] / blob
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        try:
+            for folder in (self.root, self.blobs, self.tmp):
+                await aiofiles.os.makedirs(folder, exist_ok=True)
+            await self.index.open()
+        except OSError as exc:
+            raise BackendUnavailable("The data folder cannot be opened.") from exc
+        await self.sweep()
+
+    async def close(self) -> None:
+        await self.index.close()
+        self._io.shutdown(wait=True)
+
+    async def sweep(self) -> None:
+        """Remove what crashed or killed writers left behind; finish interrupted commits."""
+        for blob in await self.index.garbage():
+            await self._remove_blob(blob)
+        for entry in await aiofiles.os.scandir(self.tmp):
+            blob = entry.name
+            fd = await self._run(_lock_if_abandoned, entry.path)
+            if fd is None:
+                continue
+            try:
+                if await self.index.references(blob):
+                    await self._run(self._publish, blob)
+                else:
+                    with contextlib.suppress(FileNotFoundError):
+                        await aiofiles.os.unlink(entry.path)
+            finally:
+                os.close(fd)
+
+    async def check(self) -> None:
+        if not await aiofiles.os.path.isdir(self.blobs):
+            raise BackendUnavailable("The data folder is missing.")
+        await self.index.get("")
+
+    # --- writing ---------------------------------------------------------------------
+
+    async def stage(self, key: str, chunks: Chunks, spec: WriteSpec) -> Staged:
+        blob, fd = await self._run(_create_locked, self.tmp)
+        path = self.tmp / blob
+        digests = Digests(spec)
+        try:
+            await self._write(fd, chunks, digests)
+            digests.verify()
+            await self._run(os.fsync, fd)
+        except BaseException:
+            await asyncio.shield(self._run(_unlink_and_close, path, fd))
+            raise
+        info = ObjectInfo(
+            key=key,
+            size=digests.size,
+            etag=etag_for(digests.sha256),
+            sha256=digests.sha256,
+            content_type=spec.content_type,
+            last_modified=datetime.now(UTC),
+            filename=spec.filename,
+            metadata=dict(spec.metadata),
+        )
+        return LocalStaged(self, blob, fd, info, spec.create_only)
+
+    async def _write(self, fd: int, chunks: Chunks, digests: Digests) -> None:
+        """Stream `chunks` into `fd`: one batch is written while the next is received."""
+        pending: asyncio.Future[None] | None = None
+        try:
+            async for batch in batched(chunks, WRITE_BATCH):
+                if pending is not None:
+                    await _written(pending)
+                pending = asyncio.get_running_loop().run_in_executor(
+                    self._io, _write_all, fd, batch, digests
+                )
+            if pending is not None:
+                await _written(pending)
+        finally:
+            if pending is not None and not pending.done():
+                with contextlib.suppress(BaseException):
+                    await asyncio.shield(pending)
+
+    def _publish(self, blob: str) -> None:
+        """Move a committed blob from tmp/ into blobs/, durably (runs in a thread)."""
+        target = self.blob_path(blob)
+        target.parent.mkdir(exist_ok=True)
+        try:
+            (self.tmp / blob).rename(target)
+        except FileNotFoundError:
+            return  # deleted or replaced between the commit and now; nothing to publish
+        _fsync_dir(target.parent)
+
+    async def _remove_blob(self, blob: str) -> None:
+        await self._run(self._unlink_blob, blob)
+        await self.index.forget_garbage(blob)
+
+    def _unlink_blob(self, blob: str) -> None:
+        # A blob moves from tmp/ to blobs/ once; trying blobs, tmp, blobs finds it wherever
+        # a concurrent publish put it.
+        for path in (self.blob_path(blob), self.tmp / blob, self.blob_path(blob)):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                return
+
+    # --- reading ---------------------------------------------------------------------
+
+    def _info(self, row: Row) -> ObjectInfo:
+        return ObjectInfo(
+            key=row.key.decode(),
+            size=row.size,
+            etag=etag_for(row.sha256),
+            sha256=row.sha256,
+            content_type=row.content_type,
+            last_modified=datetime.fromtimestamp(row.modified_ns / 1e9, UTC),
+            filename=row.filename,
+            metadata=row.metadata_dict,
+        )
+
+    async def _row(self, key: str) -> Row:
+        row = await self.index.get(key)
+        if row is None:
+            raise NotFound()
+        return row
+
+    async def stat(self, key: str) -> ObjectInfo:
+        return self._info(await self._row(key))
+
+    async def open(self, key: str, spec: RangeSpec | None = None) -> ObjectReader:
+        for _ in range(3):
+            row = await self._row(key)
+            fd = await self._run(self._open_blob, row.blob)
+            if fd is not None:
+                break
+        else:
+            raise BackendError("The object's data is missing.")
+        info = self._info(row)
+        try:
+            byte_range = resolve_range(spec, info.size) if spec is not None else None
+        except BaseException:
+            os.close(fd)
+            raise
+        return LocalReader(self, fd, info, byte_range)
+
+    def _open_blob(self, blob: str) -> int | None:
+        # Between a commit and its publish the blob is still in tmp/.
+        for path in (self.blob_path(blob), self.tmp / blob):
+            with contextlib.suppress(FileNotFoundError):
+                return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        return None  # replaced or deleted since the row was read
+
+    async def delete(self, key: str) -> None:
+        blob = await self.index.delete(key)
+        if blob is None:
+            raise NotFound()
+        await self._remove_blob(blob)
+
+    async def list(
+        self,
+        prefix: str = "",
+        delimiter: str | None = None,
+        cursor: str | None = None,
+        limit: int = 1000,
+    ) -> Listing:
+        after = decode_cursor(cursor) if cursor else None
+        page = await self.index.page(prefix, delimiter, after, limit)
+        return Listing(
+            objects=[self._info(row) for row in page.rows],
+            prefixes=[common.decode() for common in page.prefixes],
+            next_cursor=encode_cursor(page.resume_after) if page.resume_after else None,
+        )
+
+
+class LocalStaged(Staged):
+    def __init__(
+        self, storage: LocalStorage, blob: str, fd: int, info: ObjectInfo, create_only: bool
+    ):
+        self.storage, self.blob, self.fd, self.info = storage, blob, fd, info
+        self.create_only = create_only
+        self._done = False
+
+    async def commit(self) -> ObjectInfo:
+        assert not self._done, "already committed or discarded"
+        storage, info = self.storage, self.info
+        now = time.time_ns()
+        row = Row(
+            key=info.key.encode(),
+            blob=self.blob,
+            size=info.size,
+            sha256=info.sha256,
+            content_type=info.content_type,
+            modified_ns=now,
+            filename=info.filename,
+            metadata=json.dumps(dict(info.metadata), ensure_ascii=False),
+        )
+        replaced = await storage.index.put(row, create_only=self.create_only)
+        self._done = True
+        try:
+            await asyncio.shield(storage._run(storage._publish, self.blob))
+        finally:
+            os.close(self.fd)  # releases the lock that kept the sweep away
+        if replaced is not None:
+            await storage._remove_blob(replaced)
+        return storage._info(row)
+
+    async def discard(self) -> None:
+        if not self._done:
+            self._done = True
+            await asyncio.shield(
+                self.storage._run(_unlink_and_close, self.storage.tmp / self.blob, self.fd)
+            )
+
+
+class LocalReader(ObjectReader):
+    def __init__(
+        self, storage: LocalStorage, fd: int, info: ObjectInfo, byte_range: ByteRange | None
+    ):
+        self.storage, self.fd, self.info, self.range = storage, fd, info, byte_range
+        self._closed = False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The bytes in chunks, the next one read while this one is sent."""
+        storage = self.storage
+        span = self.range or ByteRange(0, self.info.size - 1, self.info.size)
+        position, end = span.start, span.end + 1
+        ahead: asyncio.Future[bytes] | None = None
+
+        def read_ahead() -> asyncio.Future[bytes] | None:
+            if position >= end:
+                return None
+            size = min(storage.read_size(), end - position)
+            return asyncio.ensure_future(storage._run(os.pread, self.fd, size, position))
+
+        storage.readers += 1
+        try:
+            ahead = read_ahead()
+            while ahead is not None:
+                chunk = await ahead
+                ahead = None
+                if not chunk:
+                    raise BackendError("The object's data is shorter than recorded.")
+                position += len(chunk)
+                ahead = read_ahead()
+                yield chunk
+        finally:
+            storage.readers -= 1
+            if ahead is not None:
+                with contextlib.suppress(BaseException):
+                    await asyncio.shield(ahead)
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            os.close(self.fd)
+
+
+async def _written(pending: asyncio.Future[None]) -> None:
+    try:
+        await pending
+    except OSError as exc:
+        raise BackendError("The object could not be written.") from exc
+
+
+def _create_locked(folder: Path) -> tuple[str, int]:
+    """A new tmp file, locked. A sweep may catch a file between its creation and its lock
+    and remove it; the writer then finds it unlinked and starts over with another name."""
+    while True:
+        blob = uuid.uuid4().hex
+        fd = os.open(folder / blob, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if os.fstat(fd).st_nlink > 0:
+            return blob, fd
+        os.close(fd)
+
+
+def _lock_if_abandoned(path: str) -> int | None:
+    """An fd holding the lock of a tmp file no live writer holds, or None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return None
+        raise
+    if os.fstat(fd).st_nlink == 0:  # its writer removed it meanwhile
+        os.close(fd)
+        return None
+    return fd
+
+
+def _unlink_and_close(path: Path, fd: int) -> None:
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

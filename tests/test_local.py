@@ -1,0 +1,150 @@
+"""What is particular to the local backend: paths, the sweep, and files left behind."""
+
+import asyncio
+import fcntl
+import os
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gateway.errors import InvalidKey
+from gateway.keys import decode_path_key, validate_key
+from gateway.storage.base import WriteSpec
+from gateway.storage.local import LocalStorage
+from tests.conftest import blob_files, tmp_files
+
+KEY_ALPHABET = st.sampled_from(["/", ".", "..", "\\", "a", "é", "\x00", "\n", "%2F", "~", " "])
+KEYS = st.one_of(st.text(max_size=60), st.lists(KEY_ALPHABET, max_size=12).map("".join))
+
+
+async def one_chunk(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+def files_under(root: Path) -> set[Path]:
+    return {path for path in root.rglob("*")}
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(key=KEYS)
+def test_no_key_reaches_outside_the_data_folder(tmp_path: Path, key: str) -> None:
+    data_dir = tmp_path / "data"
+    before = files_under(tmp_path)
+    try:
+        validate_key(key)
+    except InvalidKey:
+        return
+
+    async def store_and_read() -> bytes:
+        async with LocalStorage(data_dir) as storage:
+            await storage.put(key, one_chunk(b"payload"), WriteSpec())
+            reader = await storage.open(key)
+            async with reader:
+                return b"".join([chunk async for chunk in reader.chunks()])
+
+    assert asyncio.run(store_and_read()) == b"payload"
+    created = files_under(tmp_path) - before
+    assert all(path.resolve().is_relative_to(data_dir.resolve()) for path in created)
+
+
+@given(raw=st.binary(max_size=40))
+def test_decoded_path_keys_are_always_valid(raw: bytes) -> None:
+    try:
+        key = decode_path_key(raw)
+    except InvalidKey:
+        return
+    assert validate_key(key) == key
+    assert ".." not in key.split("/") and not key.startswith("/")
+
+
+async def test_blobs_are_named_by_id_not_key(tmp_path: Path) -> None:
+    async with LocalStorage(tmp_path) as storage:
+        await storage.put("../../etc/passwd-lookalike", one_chunk(b"x"), WriteSpec())
+    [blob] = blob_files(tmp_path)
+    assert blob.parent.parent == tmp_path / "blobs" and "passwd" not in str(blob)
+
+
+async def test_sweep_removes_abandoned_uploads_and_keeps_live_ones(tmp_path: Path) -> None:
+    async with LocalStorage(tmp_path):
+        pass
+    abandoned = tmp_path / "tmp" / "0"
+    abandoned.write_bytes(b"left by a killed writer")
+    live = tmp_path / "tmp" / "1"
+    live.write_bytes(b"still being written")
+    with live.open("rb") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # as a writer in another process holds it
+        async with LocalStorage(tmp_path) as storage:
+            assert tmp_files(tmp_path) == ["1"]
+            assert (await storage.list()).objects == []
+
+
+async def test_sweep_finishes_a_commit_cut_short(tmp_path: Path) -> None:
+    """A crash between the index commit and the rename into blobs/: the object survives."""
+    async with LocalStorage(tmp_path) as storage:
+        info = await storage.put("k", one_chunk(b"committed"), WriteSpec())
+    [blob] = blob_files(tmp_path)
+    blob.rename(tmp_path / "tmp" / blob.name)  # as if the rename had not happened yet
+    async with LocalStorage(tmp_path) as storage:
+        assert tmp_files(tmp_path) == []
+        assert blob_files(tmp_path) == [blob]
+        reader = await storage.open("k")
+        async with reader:
+            assert b"".join([c async for c in reader.chunks()]) == b"committed"
+            assert reader.info == info
+
+
+async def test_sweep_removes_recorded_garbage(tmp_path: Path) -> None:
+    async with LocalStorage(tmp_path):
+        pass
+    orphan = tmp_path / "blobs" / "ab" / "abcdef"
+    orphan.parent.mkdir()
+    orphan.write_bytes(b"replaced, and the process died before removing it")
+    with sqlite3.connect(tmp_path / "index.sqlite3") as db:
+        db.execute("INSERT INTO garbage (blob) VALUES ('abcdef')")
+    async with LocalStorage(tmp_path):
+        assert not orphan.exists()
+    with sqlite3.connect(tmp_path / "index.sqlite3") as db:
+        assert db.execute("SELECT count(*) FROM garbage").fetchone() == (0,)
+
+
+async def test_replaced_and_deleted_blobs_are_removed(tmp_path: Path) -> None:
+    async with LocalStorage(tmp_path) as storage:
+        for n in range(3):
+            await storage.put("k", one_chunk(bytes([n]) * 10), WriteSpec())
+        assert len(blob_files(tmp_path)) == 1
+        await storage.delete("k")
+        assert blob_files(tmp_path) == [] and tmp_files(tmp_path) == []
+
+
+async def test_a_reader_keeps_its_version_while_the_key_is_replaced(tmp_path: Path) -> None:
+    async with LocalStorage(tmp_path) as storage:
+        await storage.put("k", one_chunk(b"A" * 3_000_000), WriteSpec())
+        reader = await storage.open("k")
+        await storage.put("k", one_chunk(b"B" * 10), WriteSpec())
+        async with reader:
+            assert b"".join([c async for c in reader.chunks()]) == b"A" * 3_000_000
+        assert (await storage.stat("k")).size == 10
+
+
+async def test_cancelled_upload_leaves_nothing(tmp_path: Path) -> None:
+    started = asyncio.Event()
+
+    async def slow() -> AsyncIterator[bytes]:
+        yield os.urandom(2_000_000)
+        started.set()
+        await asyncio.Event().wait()  # a client that stalls
+        yield b""
+
+    async with LocalStorage(tmp_path) as storage:
+        task = asyncio.create_task(storage.put("k", slow(), WriteSpec()))
+        await started.wait()
+        assert len(tmp_files(tmp_path)) == 1
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        assert tmp_files(tmp_path) == []
+        assert (await storage.list()).objects == []
