@@ -1,0 +1,20 @@
+"""FastAPI dependencies shared by the routers."""
+
+from typing import Annotated, cast
+
+from fastapi import Depends, Request
+
+from .settings import Settings
+from .storage.base import Storage
+
+
+def get_storage(request: Request) -> Storage:
+    return cast(Storage, request.app.state.storage)
+
+
+def get_settings(request: Request) -> Settings:
+    return cast(Settings, request.app.state.settings)
+
+
+StorageDep = Annotated[Storage, Depends(get_storage)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -1,0 +1,118 @@
+"""What an upload request asks for: its key, its metadata and checksums, its bounded body."""
+
+import base64
+import binascii
+import mimetypes
+import re
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
+
+from starlette.requests import Request
+
+from .errors import BadRequest, InvalidKey, TooLarge
+from .keys import decode_path_key
+from .storage.base import Buffer, WriteSpec
+
+META_PREFIX = "x-meta-"
+MAX_METADATA_BYTES = 2048
+_SHA256_HEX = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+def path_key(request: Request, mount: str) -> str:
+    """The key after `mount` (e.g. b"/objects/") in the raw, still percent-encoded path."""
+    raw: bytes = request.scope.get("raw_path") or request.scope["path"].encode()
+    raw = raw.split(b"?", 1)[0]
+    at = raw.find(mount.encode())
+    if at < 0:
+        raise InvalidKey()
+    return decode_path_key(raw[at + len(mount) :])
+
+
+def guess_type(key: str) -> str:
+    return mimetypes.guess_type(key, strict=False)[0] or "application/octet-stream"
+
+
+def _header_text(value: str) -> str:
+    """Header values arrive as latin-1; most clients meant UTF-8."""
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return value
+
+
+def user_metadata(headers: Mapping[str, str]) -> dict[str, str]:
+    """`X-Meta-Name: value` headers as {"name": "value"}, 2 KiB in all at most."""
+    metadata = {
+        name[len(META_PREFIX) :].lower(): _header_text(value)
+        for name, value in headers.items()
+        if name.lower().startswith(META_PREFIX) and len(name) > len(META_PREFIX)
+    }
+    size = sum(len(name.encode()) + len(value.encode()) for name, value in metadata.items())
+    if size > MAX_METADATA_BYTES:
+        raise BadRequest(f"User metadata may hold {MAX_METADATA_BYTES} bytes in all.")
+    return metadata
+
+
+def expected_md5(headers: Mapping[str, str]) -> bytes | None:
+    value = headers.get("content-md5")
+    if value is None:
+        return None
+    try:
+        digest = base64.b64decode(value.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        digest = b""
+    if len(digest) != 16:
+        raise BadRequest("Content-MD5 must be the base64 of a 16-byte MD5 digest.")
+    return digest
+
+
+def expected_sha256(headers: Mapping[str, str]) -> str | None:
+    value = headers.get("x-checksum-sha256")
+    if value is None:
+        return None
+    if not _SHA256_HEX.match(value.strip()):
+        raise BadRequest("X-Checksum-SHA256 must be 64 hexadecimal digits.")
+    return value.strip().lower()
+
+
+def create_only(headers: Mapping[str, str]) -> bool:
+    value = headers.get("if-none-match")
+    if value is None:
+        return False
+    if value.strip() != "*":
+        raise BadRequest("On uploads, only `If-None-Match: *` is supported.")
+    return True
+
+
+def write_spec(request: Request, key: str) -> WriteSpec:
+    headers = request.headers
+    return WriteSpec(
+        content_type=headers.get("content-type") or guess_type(key),
+        metadata=user_metadata(headers),
+        create_only=create_only(headers),
+        expect_md5=expected_md5(headers),
+        expect_sha256=expected_sha256(headers),
+    )
+
+
+def check_declared_size(request: Request, limit: int) -> None:
+    """413 before reading a byte when Content-Length already says too much."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_large(limit)
+
+
+def too_large(limit: int) -> TooLarge:
+    # The rest of the body will not be read: the connection cannot be reused.
+    return TooLarge(
+        f"This gateway stores objects of at most {limit} bytes.", headers={"Connection": "close"}
+    )
+
+
+async def limited(chunks: AsyncIterable[Buffer], limit: int) -> AsyncIterator[Buffer]:
+    """Pass `chunks` on, raising TooLarge as soon as they add up to more than `limit`."""
+    total = 0
+    async for chunk in chunks:
+        total += len(chunk)
+        if total > limit:
+            raise too_large(limit)
+        yield chunk

@@ -1,0 +1,73 @@
+"""multipart/form-data uploads, shared by POST /objects and the compatibility POST /upload/."""
+
+import contextlib
+
+from fastapi import Request
+
+from ..errors import BadRequest
+from ..formdata import FormReader
+from ..intake import guess_type, limited
+from ..keys import key_for_filename, sanitize_filename, validate_key
+from ..storage.base import ObjectInfo, Staged, Storage, WriteSpec
+
+FILE_FIELD = "file"
+
+
+async def store_form(
+    request: Request, storage: Storage, limit: int, *, fields: bool, max_files: int | None = None
+) -> list[ObjectInfo]:
+    """Stage every file part as it streams in, then commit them all: a request stores all of
+    its files or none. With `fields`, text fields `prefix` or `key` before the files name
+    them; without, each file's key is its sanitized filename."""
+    form = FormReader(request.stream(), request.headers.get("content-type"))
+    staged: list[Staged] = []
+    prefix, exact_key = "", None
+    try:
+        async for part in form:
+            if part.name != FILE_FIELD:
+                if part.filename is not None:
+                    raise BadRequest(f"File parts must be named {FILE_FIELD!r}.")
+                if fields and part.name in ("prefix", "key"):
+                    if staged:
+                        raise BadRequest(f"The {part.name!r} field must come before the files.")
+                    value = await part.text()
+                    if part.name == "key":
+                        exact_key = validate_key(value)
+                    else:
+                        prefix = value
+                continue
+            if exact_key is not None and staged:
+                raise BadRequest("With a 'key' field, a request may hold one file only.")
+            if max_files is not None and len(staged) >= max_files:
+                raise BadRequest(f"This endpoint takes at most {max_files} file(s).")
+            key = exact_key or key_for_filename(part.filename, prefix)
+            filename = sanitize_filename(part.filename) if part.filename else None
+            spec = WriteSpec(
+                content_type=part.content_type or guess_type(key), filename=filename or None
+            )
+            staged.append(await storage.stage(key, limited(part.chunks(), limit), spec))
+        if not staged:
+            raise BadRequest(f"The form holds no file part named {FILE_FIELD!r}.")
+    except BaseException:
+        for item in staged:
+            with contextlib.suppress(Exception):
+                await item.discard()
+        raise
+    return await _commit_all(storage, staged)
+
+
+async def _commit_all(storage: Storage, staged: list[Staged]) -> list[ObjectInfo]:
+    committed: list[ObjectInfo] = []
+    try:
+        for item in staged:
+            committed.append(await item.commit())
+    except BaseException:
+        # A backend failure between two commits: take back the ones that went through.
+        for item in staged[len(committed) :]:
+            with contextlib.suppress(Exception):
+                await item.discard()
+        for info in committed:
+            with contextlib.suppress(Exception):
+                await storage.delete(info.key)
+        raise
+    return committed

@@ -1,0 +1,27 @@
+"""Liveness and readiness."""
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from starlette.responses import Response
+
+from ..deps import StorageDep
+from ..errors import BackendUnavailable, GatewayError
+from ..schemas import problems
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+async def healthz() -> Response:
+    """200 while the process serves."""
+    return JSONResponse({"status": "ok"})
+
+
+@router.get("/readyz", responses=problems(503))
+async def readyz(storage: StorageDep) -> Response:
+    """200 when the storage backend answers, else 503."""
+    try:
+        await storage.check()
+    except GatewayError as exc:
+        raise BackendUnavailable(exc.detail) from exc
+    return JSONResponse({"status": "ready", "backend": storage.name})
