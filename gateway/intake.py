@@ -91,13 +91,19 @@ def write_spec(request: Request, key: str) -> WriteSpec:
         create_only=create_only(headers),
         expect_md5=expected_md5(headers),
         expect_sha256=expected_sha256(headers),
+        size_hint=declared_size(request),
     )
+
+
+def declared_size(request: Request) -> int | None:
+    declared = request.headers.get("content-length")
+    return int(declared) if declared is not None and declared.isdigit() else None
 
 
 def check_declared_size(request: Request, limit: int) -> None:
     """413 before reading a byte when Content-Length already says too much."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    declared = declared_size(request)
+    if declared is not None and declared > limit:
         raise too_large(limit)
 
 

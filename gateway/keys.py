@@ -8,6 +8,9 @@ from starlette.convertors import Convertor, register_url_convertor
 from .errors import BadRequest, InvalidKey
 
 MAX_KEY_BYTES = 1024
+# Backends keep their bookkeeping (resumable upload state) under this prefix: it is hidden
+# from listings and cannot be written or read through the objects API.
+RESERVED_PREFIX = ".gateway/"
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _BAD_PERCENT = re.compile(rb"%(?![0-9A-Fa-f]{2})")
@@ -29,6 +32,8 @@ def validate_key(key: str) -> str:
     for segment in key.split("/"):
         if segment in ("", ".", ".."):
             raise InvalidKey("A key may not have empty, '.' or '..' segments.")
+    if key.startswith(RESERVED_PREFIX):
+        raise InvalidKey(f"Keys under {RESERVED_PREFIX!r} are reserved.")
     return key
 
 

@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     s3_max_concurrency: int = Field(
         4, ge=1, le=64, description="s3 backend: parts in flight per upload"
     )
+    s3_part_checksum: Literal["crc32", "md5"] = Field(
+        "crc32", description="s3 backend: integrity check S3 verifies on every part"
+    )
 
     tokens_file: Path | None = Field(None, description="JSON file of bearer tokens")
     signing_key: SecretStr | None = Field(None, description="secret for presigned URLs")

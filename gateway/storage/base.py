@@ -22,7 +22,7 @@ import contextlib
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from ..ranges import ByteRange, RangeSpec
 
@@ -72,6 +72,7 @@ class WriteSpec:
     create_only: bool = False  # If-None-Match: *
     expect_md5: bytes | None = None  # Content-MD5, decoded
     expect_sha256: str | None = None  # X-Checksum-SHA256, lower-case hex
+    size_hint: int | None = None  # the size announced (Content-Length), if any
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,7 @@ class Storage(abc.ABC):
 
     name: str
 
-    async def __aenter__(self) -> "Storage":
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 
