@@ -51,12 +51,11 @@ def serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from .app import create_app
-    from .tuning import limit_malloc_arenas
-
-    limit_malloc_arenas()
+    from .tuning import tune_malloc
 
     overrides = {name: value for name, value in vars(args).items() if name in Settings.model_fields}
     settings = load_settings(overrides)
+    tune_malloc(mmap_threshold=4 * 1024 * 1024 if settings.backend == "s3" else None)
     uvicorn.run(
         create_app(settings),
         host=settings.host,

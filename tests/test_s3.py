@@ -18,6 +18,7 @@ from gateway.errors import BackendError, BackendUnavailable, ChecksumMismatch, P
 from gateway.settings import Settings
 from gateway.storage.base import WriteSpec
 from gateway.storage.s3 import S3Storage
+from gateway.storage.s3_upload import BufferPool
 from gateway.testing import MotoGateway, MotoServer, gateway_on_moto, s3_environment
 from tests.conftest import s3_settings
 from tests.faults import FaultProxy
@@ -71,14 +72,54 @@ async def test_multipart_upload_stores_metadata_on_the_object(
     spec = WriteSpec(content_type="video/mp4", filename="naïve clip.mp4", metadata={"owner": "zoë"})
     info = await s3.put("clips/a.mp4", chunks(), spec)
     assert info.sha256 == hashlib.sha256(data).hexdigest()
-    head = moto.s3().head_object(Bucket=s3.bucket, Key="clips/a.mp4")
-    assert head["ContentLength"] == len(data)
-    assert head["Metadata"]["sha256"] == info.sha256
+    client = moto.s3()
+    head = client.head_object(Bucket=s3.bucket, Key="clips/a.mp4")
+    assert head["ContentLength"] == len(data) and head["ETag"].endswith('-4"')  # 4 parts
     assert head["ContentType"] == "video/mp4"
+    assert head["Metadata"] == {"filename": "na%C3%AFve clip.mp4", "m-owner": "zo%C3%AB"}
+    tags = client.get_object_tagging(Bucket=s3.bucket, Key="clips/a.mp4")["TagSet"]
+    assert {tag["Key"]: tag["Value"] for tag in tags} == {
+        "sha256": info.sha256,
+        "etag": head["ETag"].strip('"'),
+    }
     assert await s3.stat("clips/a.mp4") == info
     assert open_uploads(moto, s3.bucket) == []
     got = moto.s3().get_object(Bucket=s3.bucket, Key="clips/a.mp4")["Body"].read()
     assert got == data
+
+
+async def test_without_object_tagging_the_sha256_is_copied_in(
+    s3: S3Storage, moto: MotoServer
+) -> None:
+    s3.tagging = False  # as on a server without object tagging
+    info = await s3.put("copied", body(11 * MiB), WriteSpec())
+    head = moto.s3().head_object(Bucket=s3.bucket, Key="copied")
+    assert head["Metadata"]["sha256"] == info.sha256
+    assert (await s3.stat("copied")).etag == info.etag
+
+
+async def test_a_tag_of_an_older_version_is_not_believed(s3: S3Storage, moto: MotoServer) -> None:
+    await s3.put("k", body(11 * MiB), WriteSpec())
+    client = moto.s3()
+    # another writer's multipart object lands, and our late tag is written on it
+    upload = client.create_multipart_upload(Bucket=s3.bucket, Key="k")["UploadId"]
+    part = client.upload_part(Bucket=s3.bucket, Key="k", UploadId=upload, PartNumber=1, Body=b"new")
+    client.complete_multipart_upload(
+        Bucket=s3.bucket,
+        Key="k",
+        UploadId=upload,
+        MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]},
+    )
+    client.put_object_tagging(
+        Bucket=s3.bucket,
+        Key="k",
+        Tagging={
+            "TagSet": [{"Key": "sha256", "Value": "0" * 64}, {"Key": "etag", "Value": "stale-1"}]
+        },
+    )
+    info = await s3.stat("k")
+    assert info.sha256 == "" and info.size == 3  # unknown, never wrong
+    assert info.etag == client.head_object(Bucket=s3.bucket, Key="k")["ETag"]
 
 
 async def test_small_objects_are_one_put(s3: S3Storage, moto: MotoServer) -> None:
@@ -290,3 +331,33 @@ def test_s3_down_gives_503_and_recovers(moto: MotoServer) -> None:
             proxy.set()
             assert httpx.get(gateway.url + "/readyz").status_code == 200
             assert httpx.put(gateway.url + "/objects/x", content=b"x").status_code == 201
+
+
+async def test_uploads_share_a_bounded_pool_of_part_buffers(
+    s3: S3Storage, moto: MotoServer
+) -> None:
+    s3.buffers = BufferPool(2)  # two part buffers for the whole process
+    held = []
+    real_reserve = s3.buffers.reserve
+
+    async def counting_reserve():
+        release = await real_reserve()
+        held.append(1)
+        peak[0] = max(peak[0], len(held))
+
+        def counted() -> None:
+            if held:
+                held.pop()
+            release()
+
+        return counted
+
+    peak = [0]
+    s3.buffers.reserve = counting_reserve  # type: ignore[method-assign]
+    infos = await asyncio.gather(*(s3.put(f"k{n}", body(12 * MiB), WriteSpec()) for n in range(4)))
+    assert [info.size for info in infos] == [12 * MiB] * 4
+    assert peak[0] <= 2 and held == []
+    with pytest.raises(ConnectionResetError):  # failures give their buffers back too
+        await s3.put("gone", body(20 * MiB, fail_at=11 * MiB), WriteSpec())
+    assert held == []
+    await s3.put("after", body(12 * MiB), WriteSpec())
