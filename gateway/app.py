@@ -8,6 +8,7 @@ from fastapi import FastAPI
 
 from . import __version__, problems
 from .auth import Access
+from .cors import GatewayCORS
 from .routes import compat, health, objects, presign
 from .settings import Settings
 from .storage import open_storage
@@ -37,4 +38,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     problems.install(app)
     for module in (objects, compat, presign, health):
         app.include_router(module.router)
+    if settings.cors_origins:
+        app.add_middleware(GatewayCORS, origins=settings.cors_origins)
     return app
