@@ -19,6 +19,8 @@ DELETE) authenticates first, so that a stranger learns nothing, then checks that
     principal = await authenticate(request)             # 401 before storage is asked
     upload = await storage.upload_info(upload_id)
     principal.require("write", upload.key)              # 403 unless it is the caller's
+
+`CallerDep` is `authenticate` as a FastAPI dependency, for routes that prefer one.
 """
 
 import time
@@ -56,7 +58,10 @@ def get_access(request: Request) -> Access:
 def bearer_token(header: str | None) -> str | None:
     scheme, _, token = (header or "").strip().partition(" ")
     token = token.strip()
-    return token if scheme.lower() == "bearer" and token else None
+    if scheme.lower() != "bearer" or not token:
+        return None
+    # Header values arrive decoded as latin-1; the tokens file is UTF-8.
+    return token.encode("latin-1").decode("utf-8", "surrogateescape")
 
 
 async def authenticate(request: Request) -> Principal:

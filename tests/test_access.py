@@ -248,6 +248,19 @@ async def test_the_token_is_read_from_the_authorization_header_only(
     assert (await secured.get(f"/objects?token={token}")).status_code == 401
 
 
+async def test_tokens_are_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "tokens.json"
+    path.write_text(tokens_json({"u": ("tök-ünïcode-ß-0123", ["list"], "")}), encoding="utf-8")
+    app = create_app(Settings(data_dir=tmp_path / "data", tokens_file=path))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as c:
+            header = "Bearer tök-ünïcode-ß-0123".encode()
+            assert (await c.get("/objects", headers={b"Authorization": header})).is_success
+            latin = "Bearer tök-ünïcode-ß-0123".encode("latin-1")
+            assert (await c.get("/objects", headers={b"Authorization": latin})).status_code == 401
+
+
 async def test_open_mode_needs_no_token(client: httpx.AsyncClient) -> None:
     assert (await client.put("/objects/anything", content=b"x")).status_code == 201
     assert (await client.get("/objects", headers={"Authorization": "Bearer junk"})).is_success
