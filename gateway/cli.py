@@ -1,12 +1,19 @@
-"""The `gateway` command: `gateway serve` runs the server with flags that mirror the settings."""
+"""The `gateway` command: `gateway serve` runs the server with flags that mirror the settings;
+`gateway token create` makes a bearer token and its tokens-file entry."""
 
 import argparse
+import hashlib
+import ipaddress
+import json
+import secrets
 import sys
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from .settings import Settings
+from .tokens import SCOPES, TokenEntry, TokensFileError, append_entry
 
 
 def _flag(name: str) -> str:
@@ -55,9 +62,14 @@ def serve(args: argparse.Namespace) -> None:
 
     overrides = {name: value for name, value in vars(args).items() if name in Settings.model_fields}
     settings = load_settings(overrides)
+    refuse_open_exposure(settings)
     tune_malloc(mmap_threshold=4 * 1024 * 1024 if settings.backend == "s3" else None)
+    try:
+        app = create_app(settings)
+    except TokensFileError as exc:
+        sys.exit(f"gateway: the tokens file cannot be used: {exc}")
     uvicorn.run(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         http="httptools",
@@ -65,6 +77,67 @@ def serve(args: argparse.Namespace) -> None:
         access_log=False,
         log_level=args.log_level,
         timeout_graceful_shutdown=30,
+    )
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name: it may well resolve to a public address
+
+
+def refuse_open_exposure(settings: Settings) -> None:
+    """Without tokens anyone can read, write and delete: only on loopback, unless asked."""
+    if settings.tokens_file or is_loopback(settings.host):
+        return
+    if settings.allow_anonymous:
+        print(
+            f"gateway: serving {settings.host} without tokens (--allow-anonymous): anyone who "
+            "can reach it may read, write and delete every object.",
+            file=sys.stderr,
+        )
+        return
+    sys.exit(
+        f"gateway: refusing to listen on {settings.host} without tokens: anyone who can reach "
+        "it could read, write and delete every object.\n"
+        "  Either give it tokens: `gateway token create --scopes read,write,delete,list "
+        "--file tokens.json`, then --tokens-file tokens.json (GATEWAY_TOKENS_FILE),\n"
+        "  or listen on loopback only: --host 127.0.0.1,\n"
+        "  or serve everyone on purpose: --allow-anonymous (GATEWAY_ALLOW_ANONYMOUS=true)."
+    )
+
+
+def create_token(args: argparse.Namespace) -> None:
+    scopes = [scope.strip() for scope in args.scopes.split(",") if scope.strip()]
+    if not scopes or set(scopes) - set(SCOPES):
+        sys.exit(f"gateway: --scopes takes a comma-separated list of: {', '.join(SCOPES)}")
+    token = "gw_" + secrets.token_urlsafe(32)
+    entry: dict[str, object] = (
+        {"token": token}
+        if args.clear
+        else {"token_sha256": hashlib.sha256(token.encode()).hexdigest()}
+    )
+    entry |= {"scopes": scopes, "prefix": args.prefix}
+    if args.name:
+        entry["name"] = args.name
+    try:
+        TokenEntry.model_validate(entry)
+    except ValidationError as exc:
+        sys.exit(f"gateway: {'; '.join(error['msg'] for error in exc.errors())}")
+    if args.file:
+        try:
+            append_entry(args.file, entry)
+        except (OSError, ValueError, TokensFileError) as exc:
+            sys.exit(f"gateway: cannot add the token to {args.file}: {exc}")
+    print(token)
+    print(json.dumps(entry))
+    where = f"It was added to {args.file}" if args.file else "Add the entry to the tokens file"
+    print(
+        f"The token is shown once: keep it. {where}; a running gateway picks it up by itself.",
+        file=sys.stderr,
     )
 
 
@@ -77,6 +150,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
     )
     serve_parser.set_defaults(handler=serve)
+
+    token_parser = commands.add_parser("token", help="manage bearer tokens")
+    token_commands = token_parser.add_subparsers(dest="token_command", required=True)
+    create = token_commands.add_parser(
+        "create",
+        help="print a new token (first line) and its tokens-file entry (second line)",
+    )
+    create.add_argument("--scopes", required=True, help=f"comma-separated, of: {', '.join(SCOPES)}")
+    create.add_argument("--prefix", default="", help="the token reaches only keys starting so")
+    create.add_argument("--name", help="a label for the entry")
+    create.add_argument(
+        "--clear",
+        action="store_true",
+        help="put the token itself in the entry, not its SHA-256",
+    )
+    create.add_argument("--file", type=Path, help="also add the entry to this tokens file")
+    create.set_defaults(handler=create_token)
     return parser
 
 

@@ -33,6 +33,22 @@ def parse_list(value: object) -> object:
     return value
 
 
+MIN_SECRET_BYTES = 32
+# Words that mark a value copied from an example rather than generated.
+_PLACEHOLDERS = re.compile(
+    r"change[-_ ]?me|placeholder|replace[-_ ]?me|secret|password|example|insecure|dummy",
+    re.IGNORECASE,
+)
+
+
+def refuse_weak_secret(value: str) -> None:
+    how = "generate one with `openssl rand -hex 32`"
+    if len(value.encode()) < MIN_SECRET_BYTES:
+        raise ValueError(f"must be at least {MIN_SECRET_BYTES} bytes long: {how}")
+    if _PLACEHOLDERS.search(value) or len(set(value)) < 8:
+        raise ValueError(f"looks like a placeholder, not a random secret: {how}")
+
+
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 CommaList = Annotated[list[str], NoDecode, BeforeValidator(parse_list)]
 
@@ -77,6 +93,13 @@ class Settings(BaseSettings):
     upload_expiry: Duration = Field(
         timedelta(hours=24), description="resumable uploads idle this long are removed"
     )
+
+    @field_validator("signing_key")
+    @classmethod
+    def _strong_signing_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            refuse_weak_secret(value.get_secret_value())
+        return value
 
     @field_validator("upload_expiry")
     @classmethod

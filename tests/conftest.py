@@ -1,5 +1,7 @@
 """Fixtures: the app in-process (httpx ASGITransport) and a real server on loopback."""
 
+import hashlib
+import json
 import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -104,3 +106,62 @@ async def storage(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
     backend = open_storage(settings)
     async with backend:
         yield backend
+
+
+# --- access: tokens, presigned URLs -------------------------------------------------
+
+SIGNING_KEY = "5c1f0e9a7b3d4e2f8a6b0c9d1e7f3a2b4c6d8e0f1a3b5c7d"
+ALL_SCOPES = ["read", "write", "delete", "list"]
+# name: (token, scopes, prefix); the odd ones are stored in the file as their SHA-256.
+TOKENS: dict[str, tuple[str, list[str], str]] = {
+    "admin": ("tok-admin-0a1b2c3d4e5f", ALL_SCOPES, ""),
+    "a-all": ("tok-a-all-9f8e7d6c5b4a", ALL_SCOPES, "tenant-a/"),
+    "a-read": ("tok-a-read-1234567890ab", ["read"], "tenant-a/"),
+    "a-write": ("tok-a-write-fedcba098765", ["write"], "tenant-a/"),
+    "a-delete": ("tok-a-delete-13579bdf2468", ["delete"], "tenant-a/"),
+    "a-list": ("tok-a-list-2468ace13579", ["list"], "tenant-a/"),
+    "report": ("tok-report-0f0e0d0c0b0a", ["read", "write"], "report-"),
+}
+
+
+def tokens_json(tokens: dict[str, tuple[str, list[str], str]]) -> str:
+    entries = []
+    for number, (token, scopes, prefix) in enumerate(tokens.values()):
+        secret: dict[str, str] = (
+            {"token_sha256": hashlib.sha256(token.encode()).hexdigest()}
+            if number % 2
+            else {"token": token}
+        )
+        entries.append({**secret, "scopes": scopes, "prefix": prefix})
+    return json.dumps({"tokens": entries})
+
+
+def bearer(name: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {TOKENS[name][0]}"}
+
+
+@pytest.fixture
+def tokens_file(tmp_path: Path) -> Path:
+    path = tmp_path / "tokens.json"
+    path.write_text(tokens_json(TOKENS))
+    return path
+
+
+@pytest.fixture
+def secured_settings(tmp_path: Path, tokens_file: Path) -> Settings:
+    return Settings(
+        data_dir=tmp_path / "data",
+        max_upload_bytes=64 * 1024 * 1024,
+        tokens_file=tokens_file,
+        signing_key=SIGNING_KEY,
+    )
+
+
+@pytest.fixture
+async def secured(secured_settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of a gateway with the TOKENS above and a signing key, in-process."""
+    application = create_app(secured_settings)
+    async with application.router.lifespan_context(application):
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as c:
+            yield c

@@ -1,3 +1,5 @@
+import hashlib
+import json
 import subprocess
 import sys
 from datetime import timedelta
@@ -8,6 +10,7 @@ from pydantic import ValidationError
 
 from gateway.cli import build_parser, load_settings
 from gateway.settings import Settings
+from gateway.tokens import TokenStore
 
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -85,3 +88,91 @@ def test_bad_flags_exit_with_a_message() -> None:
     )
     assert result.returncode != 0
     assert "--s3-part-size" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "too-short-0123456789",
+        "changeme",
+        "changemechangemechangemechangeme",
+        "my-secret-signing-key-0123456789abcdef",
+        "PLACEHOLDER-PLACEHOLDER-PLACEHOLDER",
+        "a" * 64,
+        "abababababababababababababababababab",
+    ],
+)
+def test_weak_signing_keys_are_refused(key: str) -> None:
+    with pytest.raises(ValidationError) as refused:
+        Settings(signing_key=key)
+    assert "openssl rand" in str(refused.value)
+
+
+def test_a_random_signing_key_is_taken() -> None:
+    key = "3f9a0c7e1b5d2a8f6e4c0b9d7a5f3e1c"
+    settings = Settings(signing_key=key)
+    assert settings.signing_key is not None
+    assert settings.signing_key.get_secret_value() == key
+    assert key not in repr(settings)
+
+
+def run_token_create(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", "token", "create", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_token_create_prints_the_token_and_its_entry() -> None:
+    result = run_token_create("--scopes", "read,list", "--prefix", "tenant-a/")
+    assert result.returncode == 0, result.stderr
+    token, entry_line = result.stdout.splitlines()
+    entry = json.loads(entry_line)
+    assert len(token) >= 40
+    assert entry == {
+        "token_sha256": hashlib.sha256(token.encode()).hexdigest(),
+        "scopes": ["read", "list"],
+        "prefix": "tenant-a/",
+    }
+    again = run_token_create("--scopes", "read", "--clear", "--name", "backup job")
+    token2, entry2 = again.stdout.splitlines()
+    assert token2 != token
+    assert json.loads(entry2) == {
+        "token": token2,
+        "scopes": ["read"],
+        "prefix": "",
+        "name": "backup job",
+    }
+
+
+def test_token_create_adds_to_a_tokens_file(tmp_path: Path) -> None:
+    path = tmp_path / "tokens.json"
+    made = [
+        run_token_create("--scopes", scopes, "--file", str(path)) for scopes in ("read", "write")
+    ]
+    assert all(result.returncode == 0 for result in made)
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    store = TokenStore(path)
+    read_token, write_token = (result.stdout.splitlines()[0] for result in made)
+    assert (reader := store.lookup(read_token)) and reader.scopes == {"read"}
+    assert (writer := store.lookup(write_token)) and writer.scopes == {"write"}
+    assert read_token not in path.read_text()
+
+
+@pytest.mark.parametrize(
+    "args", [["--scopes", "read,fly"], ["--scopes", ""], ["--scopes", "read", "--prefix", "/a"]]
+)
+def test_token_create_refuses_bad_entries(args: list[str]) -> None:
+    result = run_token_create(*args)
+    assert result.returncode != 0 and result.stdout == ""
+    assert "Traceback" not in result.stderr
+
+
+def test_token_create_leaves_a_broken_file_alone(tmp_path: Path) -> None:
+    path = tmp_path / "tokens.json"
+    path.write_text('{"tokens": [')
+    result = run_token_create("--scopes", "read", "--file", str(path))
+    assert result.returncode != 0 and "cannot add" in result.stderr
+    assert path.read_text() == '{"tokens": ['

@@ -7,24 +7,27 @@ from fastapi.responses import JSONResponse
 from starlette.responses import Response
 
 from .. import keys  # noqa: F401  (registers the {key:key} convertor)
+from ..auth import OPENAPI_BEARER, authorize
 from ..deps import SettingsDep, StorageDep
 from ..intake import path_key
 from ..schemas import CompatUploadModel, form_body, problems
 from .forms import store_form
 from .objects import serve_object
 
-router = APIRouter(tags=["compatibility"])
+router = APIRouter(tags=["compatibility"], dependencies=[OPENAPI_BEARER])
+MOUNT = "/download/"
 
 
 @router.post(
     "/upload/",
     openapi_extra=form_body(key_fields=False),
-    responses={200: {"model": CompatUploadModel}, **problems(400, 413)},
+    responses={200: {"model": CompatUploadModel}, **problems(400, 401, 403, 413)},
 )
 async def upload(request: Request, storage: StorageDep, settings: SettingsDep) -> Response:
     """Store the form's `file` under its sanitized filename, streamed."""
+    principal = await authorize(request, "write")
     [info] = await store_form(
-        request, storage, int(settings.max_upload_bytes), fields=False, max_files=1
+        request, storage, int(settings.max_upload_bytes), principal, fields=False, max_files=1
     )
     return JSONResponse(
         {
@@ -38,7 +41,10 @@ async def upload(request: Request, storage: StorageDep, settings: SettingsDep) -
 @router.get(
     "/download/{filename:key}",
     response_class=Response,
-    responses={200: {"content": {"application/octet-stream": {}}}, **problems(404, 412, 416)},
+    responses={
+        200: {"content": {"application/octet-stream": {}}},
+        **problems(401, 403, 404, 412, 416),
+    },
 )
 async def download(
     request: Request,
@@ -46,17 +52,19 @@ async def download(
     disposition: Annotated[str, Query(pattern="^(attachment|inline)$")] = "attachment",
 ) -> Response:
     """As GET /objects/{filename}."""
-    return await serve_object(
-        request, storage, path_key(request, "/download/"), inline=disposition == "inline"
-    )
+    key = path_key(request, MOUNT)
+    await authorize(request, "read", key)
+    return await serve_object(request, storage, key, inline=disposition == "inline")
 
 
-@router.head("/download/{filename:key}", response_class=Response, responses=problems(404, 412, 416))
+@router.head(
+    "/download/{filename:key}", response_class=Response, responses=problems(401, 403, 404, 412, 416)
+)
 async def download_head(
     request: Request,
     storage: StorageDep,
     disposition: Annotated[str, Query(pattern="^(attachment|inline)$")] = "attachment",
 ) -> Response:
-    return await serve_object(
-        request, storage, path_key(request, "/download/"), inline=disposition == "inline", head=True
-    )
+    key = path_key(request, MOUNT)
+    await authorize(request, "read", key)
+    return await serve_object(request, storage, key, inline=disposition == "inline", head=True)

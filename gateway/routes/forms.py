@@ -9,19 +9,28 @@ from ..formdata import FormReader
 from ..intake import guess_type, limited
 from ..keys import key_for_filename, sanitize_filename, validate_key
 from ..storage.base import ObjectInfo, Staged, Storage, WriteSpec
+from ..tokens import Principal
 
 FILE_FIELD = "file"
 
 
 async def store_form(
-    request: Request, storage: Storage, limit: int, *, fields: bool, max_files: int | None = None
+    request: Request,
+    storage: Storage,
+    limit: int,
+    principal: Principal,
+    *,
+    fields: bool,
+    max_files: int | None = None,
+    key: str | None = None,
 ) -> list[ObjectInfo]:
     """Stage every file part as it streams in, then commit them all: a request stores all of
-    its files or none. With `fields`, text fields `prefix` or `key` before the files name
-    them; without, each file's key is its sanitized filename."""
+    its files or none. A file's key is `key` if given; else, with `fields`, text fields
+    `prefix` or `key` before the files name them; else it is its sanitized filename.
+    Each key must be the `principal`'s to write before a byte of its file is stored."""
     form = FormReader(request.stream(), request.headers.get("content-type"))
     staged: list[Staged] = []
-    prefix, exact_key = "", None
+    prefix, exact_key = "", key
     try:
         async for part in form:
             if part.name != FILE_FIELD:
@@ -36,16 +45,17 @@ async def store_form(
                     else:
                         prefix = value
                 continue
-            if exact_key is not None and staged:
-                raise BadRequest("With a 'key' field, a request may hold one file only.")
             if max_files is not None and len(staged) >= max_files:
                 raise BadRequest(f"This endpoint takes at most {max_files} file(s).")
-            key = exact_key or key_for_filename(part.filename, prefix)
+            if exact_key is not None and staged:
+                raise BadRequest("With a 'key' field, a request may hold one file only.")
+            part_key = exact_key or key_for_filename(part.filename, prefix)
+            principal.require("write", part_key)
             filename = sanitize_filename(part.filename) if part.filename else None
             spec = WriteSpec(
-                content_type=part.content_type or guess_type(key), filename=filename or None
+                content_type=part.content_type or guess_type(part_key), filename=filename or None
             )
-            staged.append(await storage.stage(key, limited(part.chunks(), limit), spec))
+            staged.append(await storage.stage(part_key, limited(part.chunks(), limit), spec))
         if not staged:
             raise BadRequest(f"The form holds no file part named {FILE_FIELD!r}.")
     except BaseException:

@@ -8,6 +8,7 @@ from fastapi.responses import JSONResponse
 from starlette.responses import Response
 
 from .. import keys  # noqa: F401  (registers the {key:key} convertor)
+from ..auth import OPENAPI_BEARER, authorize
 from ..conditions import Outcome, evaluate, if_range_allows
 from ..deps import SettingsDep, StorageDep
 from ..errors import NotFound, PreconditionFailed, RangeNotSatisfiable
@@ -18,7 +19,7 @@ from ..schemas import RAW_BODY, ListingModel, ObjectInfoModel, ObjectsModel, for
 from ..storage.base import ObjectReader, Storage
 from .forms import store_form
 
-router = APIRouter(tags=["objects"])
+router = APIRouter(tags=["objects"], dependencies=[OPENAPI_BEARER])
 KEY_PATH = "/objects/{key:key}"
 MOUNT = "/objects/"
 
@@ -27,11 +28,12 @@ MOUNT = "/objects/"
     KEY_PATH,
     status_code=201,
     openapi_extra=RAW_BODY,
-    responses={201: {"model": ObjectInfoModel}, **problems(400, 412, 413)},
+    responses={201: {"model": ObjectInfoModel}, **problems(400, 401, 403, 412, 413)},
 )
 async def put_object(request: Request, storage: StorageDep, settings: SettingsDep) -> Response:
     """Store the raw request body at `key`, streamed."""
     key = path_key(request, MOUNT)
+    await authorize(request, "write", key, presigned=True)
     limit = int(settings.max_upload_bytes)
     check_declared_size(request, limit)
     spec = write_spec(request, key)
@@ -47,11 +49,14 @@ async def put_object(request: Request, storage: StorageDep, settings: SettingsDe
     "/objects",
     status_code=201,
     openapi_extra=form_body(key_fields=True),
-    responses={201: {"model": ObjectsModel}, **problems(400, 413)},
+    responses={201: {"model": ObjectsModel}, **problems(400, 401, 403, 413)},
 )
 async def post_objects(request: Request, storage: StorageDep, settings: SettingsDep) -> Response:
     """Store the file parts of a multipart/form-data body, each streamed as it arrives."""
-    stored = await store_form(request, storage, int(settings.max_upload_bytes), fields=True)
+    principal = await authorize(request, "write")
+    stored = await store_form(
+        request, storage, int(settings.max_upload_bytes), principal, fields=True
+    )
     headers = {}
     if len(stored) == 1:
         headers = {
@@ -61,6 +66,31 @@ async def post_objects(request: Request, storage: StorageDep, settings: Settings
     return JSONResponse({"objects": [info.to_json() for info in stored]}, 201, headers=headers)
 
 
+@router.post(
+    KEY_PATH,
+    status_code=201,
+    openapi_extra=form_body(key_fields=False),
+    responses={201: {"model": ObjectInfoModel}, **problems(400, 401, 403, 413)},
+)
+async def post_object(request: Request, storage: StorageDep, settings: SettingsDep) -> Response:
+    """Store the one `file` part of a multipart/form-data body at `key`: the target of a
+    browser form, with a token or a presigned PUT URL."""
+    key = path_key(request, MOUNT)
+    principal = await authorize(request, "write", key, presigned=True)
+    [info] = await store_form(
+        request,
+        storage,
+        int(settings.max_upload_bytes),
+        principal,
+        fields=False,
+        max_files=1,
+        key=key,
+    )
+    return JSONResponse(
+        info.to_json(), 201, headers={"ETag": info.etag, "Location": object_url(request, info.key)}
+    )
+
+
 @router.get(
     KEY_PATH,
     response_class=Response,
@@ -68,7 +98,7 @@ async def post_objects(request: Request, storage: StorageDep, settings: Settings
         200: {"content": {"application/octet-stream": {}}},
         206: {},
         304: {},
-        **problems(404, 412, 416),
+        **problems(401, 403, 404, 412, 416),
     },
 )
 async def get_object(
@@ -77,38 +107,47 @@ async def get_object(
     disposition: Annotated[str, Query(pattern="^(attachment|inline)$")] = "attachment",
 ) -> Response:
     """Stream the object, whole or a Range of it, honouring conditional headers."""
-    return await serve_object(
-        request, storage, path_key(request, MOUNT), inline=disposition == "inline"
-    )
+    key = path_key(request, MOUNT)
+    await authorize(request, "read", key, presigned=True)
+    return await serve_object(request, storage, key, inline=disposition == "inline")
 
 
-@router.head(KEY_PATH, response_class=Response, responses=problems(404, 412, 416))
+@router.head(KEY_PATH, response_class=Response, responses=problems(401, 403, 404, 412, 416))
 async def head_object(
     request: Request,
     storage: StorageDep,
     disposition: Annotated[str, Query(pattern="^(attachment|inline)$")] = "attachment",
 ) -> Response:
     """The headers a GET would send, without the body."""
-    return await serve_object(
-        request, storage, path_key(request, MOUNT), inline=disposition == "inline", head=True
-    )
+    key = path_key(request, MOUNT)
+    await authorize(request, "read", key, presigned=True)
+    return await serve_object(request, storage, key, inline=disposition == "inline", head=True)
 
 
-@router.delete(KEY_PATH, status_code=204, response_class=Response, responses=problems(404))
+@router.delete(
+    KEY_PATH, status_code=204, response_class=Response, responses=problems(401, 403, 404)
+)
 async def delete_object(request: Request, storage: StorageDep) -> Response:
-    await storage.delete(path_key(request, MOUNT))
+    key = path_key(request, MOUNT)
+    await authorize(request, "delete", key, presigned=True)
+    await storage.delete(key)
     return Response(status_code=204)
 
 
-@router.get("/objects", responses={200: {"model": ListingModel}, **problems(400)})
+@router.get("/objects", responses={200: {"model": ListingModel}, **problems(400, 401, 403)})
 async def list_objects(
+    request: Request,
     storage: StorageDep,
     prefix: Annotated[str, Query(max_length=1024)] = "",
     delimiter: Annotated[str | None, Query(max_length=16)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
     cursor: Annotated[str | None, Query(max_length=4096)] = None,
 ) -> Response:
-    """Objects in UTF-8 byte order of their keys; with `delimiter`, rolled-up prefixes too."""
+    """Objects in UTF-8 byte order of their keys; with `delimiter`, rolled-up prefixes too.
+    A token with a prefix lists under it; a `prefix` outside it is 403."""
+    principal = await authorize(request, "list")
+    prefix = prefix or principal.prefix
+    principal.require_prefix("list", prefix)
     listing = await storage.list(prefix, delimiter or None, cursor or None, limit)
     return JSONResponse(
         {
