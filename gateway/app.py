@@ -1,26 +1,54 @@
 """The application factory."""
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.types import ASGIApp
 
-from . import __version__, problems
+from . import __version__, metrics, problems
+from .lifecycle import Lifecycle
+from .observe import Observe
 from .routes import compat, health, objects
+from .routes import metrics as metrics_route
 from .settings import Settings
 from .storage import open_storage
 
+# Requests cut off at the end of the shutdown grace period are cancelled, not finished: they
+# still remove their temporary files or abort their multipart uploads, which takes moments.
+CLEANUP_TIMEOUT = 10.0
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+
+class Gateway(FastAPI):
+    def build_middleware_stack(self) -> ASGIApp:
+        # Outermost, so that the 500s Starlette's error middleware sends are seen too.
+        return Observe(super().build_middleware_stack(), self.state.lifecycle)
+
+
+def create_app(settings: Settings | None = None, *, handle_signals: bool = False) -> FastAPI:
+    """The gateway as an ASGI app. With `handle_signals` (as `gateway serve` runs it), a
+    SIGTERM first turns /readyz to 503 for `settings.shutdown_drain` (see gateway.lifecycle)."""
     settings = settings or Settings()
     storage = open_storage(settings)
+    lifecycle = Lifecycle(drain=settings.shutdown_drain.total_seconds())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with storage:
-            yield
+        restore_signals = lifecycle.watch_signals() if handle_signals else None
+        try:
+            async with storage:
+                yield
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(CLEANUP_TIMEOUT):
+                        await lifecycle.wait_idle()
+        finally:
+            if restore_signals:
+                restore_signals()
+            metrics.process_exited()
 
-    app = FastAPI(
+    app = Gateway(
         title="gateway",
         version=__version__,
         summary="Streams uploads of any size into storage, and back out.",
@@ -28,7 +56,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.storage = storage
+    app.state.lifecycle = lifecycle
     problems.install(app)
-    for module in (objects, compat, health):
+    for module in (objects, compat, health, metrics_route):
         app.include_router(module.router)
     return app
