@@ -16,8 +16,6 @@ from .settings import Settings
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
@@ -107,6 +105,10 @@ def multiprocess_metrics(workers: int) -> Iterator[None]:
     """Give the workers one folder for their metrics (prometheus-client's multiprocess mode,
     read when a worker first imports it): the one in PROMETHEUS_MULTIPROC_DIR, emptied of an
     earlier run's values, or else a temporary one for this run."""
+    # Imported before the variable is set below: with several workers, this process is only
+    # their supervisor and keeps no metrics of its own.
+    from .metrics import MULTIPROC_ENV
+
     given = os.environ.get(MULTIPROC_ENV)
     if given:
         folder = Path(given)
