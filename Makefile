@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint format bench clean
+.PHONY: install run test test-big lint format bench clean
 
 install: $(STAMP)
 
@@ -29,6 +29,9 @@ format: install
 
 test: install lint
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-big: install
+	$(BIN)/pytest -m big $(PYTEST_ARGS)
 
 bench: install
 	$(BIN)/python bench/compare.py

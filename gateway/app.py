@@ -1,32 +1,60 @@
 """The application factory."""
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.types import ASGIApp
 
-from . import __version__, problems
+from . import __version__, metrics, problems
 from .auth import Access
 from .cors import GatewayCORS
+from .lifecycle import Lifecycle
+from .observe import Observe
 from .routes import compat, health, objects, presign
+from .routes import metrics as metrics_route
 from .settings import Settings
 from .storage import open_storage
 
+# Requests cut off at the end of the shutdown grace period are cancelled, not finished: they
+# still remove their temporary files or abort their multipart uploads, which takes moments.
+CLEANUP_TIMEOUT = 10.0
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Raises TokensFileError when the tokens file cannot be used."""
+
+class Gateway(FastAPI):
+    def build_middleware_stack(self) -> ASGIApp:
+        # Outermost, so that the 500s Starlette's error middleware sends are seen too.
+        return Observe(super().build_middleware_stack(), self.state.lifecycle)
+
+
+def create_app(settings: Settings | None = None, *, handle_signals: bool = False) -> FastAPI:
+    """The gateway as an ASGI app. With `handle_signals` (as `gateway serve` runs it), a
+    SIGTERM first turns /readyz to 503 for `settings.shutdown_drain` (see gateway.lifecycle).
+    Raises TokensFileError when the tokens file cannot be used."""
     settings = settings or Settings()
     access = Access.from_settings(settings)
     storage = open_storage(settings)
+    lifecycle = Lifecycle(drain=settings.shutdown_drain.total_seconds())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with storage:
-            with access.tokens.reloading_on_sighup() if access.tokens else contextlib.nullcontext():
-                yield
+        restore_signals = lifecycle.watch_signals() if handle_signals else None
+        reloading = access.tokens.reloading_on_sighup() if access.tokens else None
+        try:
+            async with storage:
+                with reloading or contextlib.nullcontext():
+                    yield
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(CLEANUP_TIMEOUT):
+                        await lifecycle.wait_idle()
+        finally:
+            if restore_signals:
+                restore_signals()
+            metrics.process_exited()
 
-    app = FastAPI(
+    app = Gateway(
         title="gateway",
         version=__version__,
         summary="Streams uploads of any size into storage, and back out.",
@@ -35,8 +63,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.storage = storage
     app.state.access = access
+    app.state.lifecycle = lifecycle
     problems.install(app)
-    for module in (objects, compat, presign, health):
+    for module in (objects, compat, presign, health, metrics_route):
         app.include_router(module.router)
     if settings.cors_origins:
         app.add_middleware(GatewayCORS, origins=settings.cors_origins)

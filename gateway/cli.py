@@ -3,7 +3,6 @@
 
 import argparse
 import hashlib
-import ipaddress
 import json
 import secrets
 import sys
@@ -55,59 +54,10 @@ def load_settings(overrides: dict[str, Any]) -> Settings:
 
 
 def serve(args: argparse.Namespace) -> None:
-    import uvicorn
-
-    from .app import create_app
-    from .tuning import tune_malloc
+    from .server import serve as run
 
     overrides = {name: value for name, value in vars(args).items() if name in Settings.model_fields}
-    settings = load_settings(overrides)
-    refuse_open_exposure(settings)
-    tune_malloc(mmap_threshold=4 * 1024 * 1024 if settings.backend == "s3" else None)
-    try:
-        app = create_app(settings)
-    except TokensFileError as exc:
-        sys.exit(f"gateway: the tokens file cannot be used: {exc}")
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        http="httptools",
-        loop="uvloop",
-        access_log=False,
-        log_level=args.log_level,
-        timeout_graceful_shutdown=30,
-    )
-
-
-def is_loopback(host: str) -> bool:
-    if host.lower() in ("localhost", "localhost."):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a name: it may well resolve to a public address
-
-
-def refuse_open_exposure(settings: Settings) -> None:
-    """Without tokens anyone can read, write and delete: only on loopback, unless asked."""
-    if settings.tokens_file or is_loopback(settings.host):
-        return
-    if settings.allow_anonymous:
-        print(
-            f"gateway: serving {settings.host} without tokens (--allow-anonymous): anyone who "
-            "can reach it may read, write and delete every object.",
-            file=sys.stderr,
-        )
-        return
-    sys.exit(
-        f"gateway: refusing to listen on {settings.host} without tokens: anyone who can reach "
-        "it could read, write and delete every object.\n"
-        "  Either give it tokens: `gateway token create --scopes read,write,delete,list "
-        "--file tokens.json`, then --tokens-file tokens.json (GATEWAY_TOKENS_FILE),\n"
-        "  or listen on loopback only: --host 127.0.0.1,\n"
-        "  or serve everyone on purpose: --allow-anonymous (GATEWAY_ALLOW_ANONYMOUS=true)."
-    )
+    run(load_settings(overrides), overrides)
 
 
 def create_token(args: argparse.Namespace) -> None:
@@ -146,9 +96,6 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     serve_parser = commands.add_parser("serve", help="run the gateway")
     _add_setting_flags(serve_parser)
-    serve_parser.add_argument(
-        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
-    )
     serve_parser.set_defaults(handler=serve)
 
     token_parser = commands.add_parser("token", help="manage bearer tokens")

@@ -4,6 +4,7 @@ from typing import Annotated, cast
 
 from fastapi import Depends, Request
 
+from .lifecycle import Lifecycle
 from .settings import Settings
 from .storage.base import Storage
 
@@ -16,5 +17,10 @@ def get_settings(request: Request) -> Settings:
     return cast(Settings, request.app.state.settings)
 
 
+def get_lifecycle(request: Request) -> Lifecycle:
+    return cast(Lifecycle, request.app.state.lifecycle)
+
+
 StorageDep = Annotated[Storage, Depends(get_storage)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+LifecycleDep = Annotated[Lifecycle, Depends(get_lifecycle)]

@@ -94,6 +94,20 @@ class Settings(BaseSettings):
         timedelta(hours=24), description="resumable uploads idle this long are removed"
     )
 
+    workers: int = Field(1, ge=1, le=64, description="worker processes serving the port")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        "info", description="the least severe log records written (`info` has the access log)"
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="log lines for people (`text`) or one JSON object a line (`json`)"
+    )
+    shutdown_drain: Duration = Field(
+        timedelta(0), description="on SIGTERM, keep serving this long with /readyz at 503"
+    )
+    shutdown_grace: Duration = Field(
+        timedelta(seconds=30), description="then wait this long for requests in flight"
+    )
+
     @field_validator("signing_key")
     @classmethod
     def _strong_signing_key(cls, value: SecretStr | None) -> SecretStr | None:
@@ -106,4 +120,11 @@ class Settings(BaseSettings):
     def _positive_expiry(cls, value: timedelta) -> timedelta:
         if value.total_seconds() <= 0:
             raise ValueError("must be positive")
+        return value
+
+    @field_validator("shutdown_drain", "shutdown_grace")
+    @classmethod
+    def _not_negative(cls, value: timedelta) -> timedelta:
+        if value.total_seconds() < 0:
+            raise ValueError("must not be negative")
         return value

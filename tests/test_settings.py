@@ -22,6 +22,9 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert int(settings.max_upload_bytes) == 5 * 1024**3
     assert int(settings.s3_part_size) == 8 * 1024**2
     assert settings.upload_expiry == timedelta(hours=24)
+    assert (settings.workers, settings.log_level, settings.log_format) == (1, "info", "text")
+    assert settings.shutdown_grace == timedelta(seconds=30)
+    assert settings.shutdown_drain == timedelta(0)
 
 
 def test_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -30,7 +33,10 @@ def test_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GATEWAY_UPLOAD_EXPIRY", "30m")
     monkeypatch.setenv("GATEWAY_CORS_ORIGINS", "https://a.example, https://b.example")
     monkeypatch.setenv("GATEWAY_BACKEND", "s3")
+    monkeypatch.setenv("GATEWAY_LOG_FORMAT", "json")
+    monkeypatch.setenv("GATEWAY_SHUTDOWN_GRACE", "2m")
     settings = Settings()
+    assert settings.log_format == "json" and settings.shutdown_grace == timedelta(minutes=2)
     assert int(settings.max_upload_bytes) == 8 * 1024**2
     assert int(settings.s3_part_size) == 16 * 1024**2
     assert settings.upload_expiry == timedelta(minutes=30)

@@ -8,6 +8,7 @@ from ..errors import BadRequest
 from ..formdata import FormReader
 from ..intake import guess_type, limited
 from ..keys import key_for_filename, sanitize_filename, validate_key
+from ..observe import note_keys
 from ..storage.base import ObjectInfo, Staged, Storage, WriteSpec
 from ..tokens import Principal
 
@@ -63,7 +64,9 @@ async def store_form(
             with contextlib.suppress(Exception):
                 await item.discard()
         raise
-    return await _commit_all(storage, staged)
+    stored = await _commit_all(storage, staged)
+    note_keys(request, (info.key for info in stored))
+    return stored
 
 
 async def _commit_all(storage: Storage, staged: list[Staged]) -> list[ObjectInfo]:

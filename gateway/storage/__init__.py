@@ -5,6 +5,7 @@ from typing import cast
 
 from ..settings import Settings
 from .base import Storage
+from .instrumented import InstrumentedStorage
 
 BACKENDS = {
     "local": "gateway.storage.local:LocalStorage",
@@ -13,6 +14,7 @@ BACKENDS = {
 
 
 def open_storage(settings: Settings) -> Storage:
+    """The configured backend, its calls timed and counted (gateway_backend_* metrics)."""
     module_name, _, class_name = BACKENDS[settings.backend].partition(":")
     backend = getattr(importlib.import_module(module_name), class_name)
-    return cast(Storage, backend.from_settings(settings))
+    return InstrumentedStorage(cast(Storage, backend.from_settings(settings)))
