@@ -69,6 +69,18 @@ async def _client_gone(request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
+    cause = exc.__cause__
+    if isinstance(cause, GatewayError):
+        # Raised while a body was streaming (storage stopped sending an object): the status
+        # line is gone already, and cutting the connection short is all that is left to do.
+        log.warning(
+            "%s %s: %s; the response was cut short",
+            request.method,
+            request.url.path,
+            cause.detail,
+            exc_info=cause,
+        )
+        return problem(cause, request.url.path)
     log.exception("unhandled error in %s %s", request.method, request.url.path)
     return problem(GatewayError(), request.url.path)
 
