@@ -7,6 +7,7 @@
     ├── Unauthorized                  401 unauthorized
     ├── Forbidden                     403 forbidden
     ├── NotFound                      404 not-found
+    ├── RequestTimeout                408 bad-request
     ├── Conflict                      409 conflict
     ├── PreconditionFailed            412 precondition-failed
     ├── TooLarge                      413 too-large
@@ -66,6 +67,15 @@ class NotFound(GatewayError):
 class MethodNotAllowed(GatewayError):
     status, code = 405, "bad-request"
     default_detail = "The method is not allowed on this resource."
+
+
+class RequestTimeout(GatewayError):
+    status, code = 408, "bad-request"
+    default_detail = "The client sent the request body too slowly."
+
+    def __init__(self, detail: str | None = None):
+        # The rest of the body will not be read: the connection cannot be reused.
+        super().__init__(detail, headers={"Connection": "close"})
 
 
 class Conflict(GatewayError):
