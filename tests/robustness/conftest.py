@@ -108,16 +108,17 @@ def serve(
     moto: MotoServer | None,
     env: Mapping[str, str] | None = None,
     endpoint: str | None = None,
+    bucket: str | None = None,
 ) -> Iterator[Served]:
-    """A gateway on `backend`: a data folder, or a fresh bucket of `moto` (reached through
-    `endpoint`, a fault proxy say, when given)."""
+    """A gateway on `backend`: a data folder, or `bucket` (else a fresh one) of `moto`,
+    reached through `endpoint` (a fault proxy, say) when given."""
     environment = {**FAST_TIMEOUTS, **(env or {})}
     if backend == "local":
         with running_gateway(data_dir=data_dir, env=environment) as gateway:
             yield Served(backend, gateway)
         return
     assert moto is not None
-    bucket = moto.create_bucket()
+    bucket = bucket or moto.create_bucket()
     environment = {**s3_environment(endpoint or moto.url, bucket), **environment}
     with running_gateway(data_dir=data_dir, env=environment) as gateway:
         yield Served(backend, gateway, moto, bucket)
