@@ -5,7 +5,8 @@ on a connection that sends nothing, or sends its headers a byte at a time (a slo
 enough of those exhaust the process's file descriptors. Here a request's head must arrive
 within `head_timeout` of the connection (or of its first byte, for the next request of a
 keep-alive connection); else the client gets a 408 and the connection is closed. The body
-has its own limit, enforced where it is read (gateway.pacing).
+has its own limit, enforced where it is read (gateway.pacing). And a request the parser
+cannot read gets a 400 problem+json, like every other error, not uvicorn's plain text.
 
     uvicorn.run(app, http=functools.partial(GatewayHttpProtocol, head_timeout=30.0))
 """
@@ -16,21 +17,19 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-_PROBLEM = json.dumps(
-    {
-        "type": "about:blank",
-        "title": "Request Timeout",
-        "status": 408,
-        "detail": "The request's headers did not arrive in time.",
-        "code": "bad-request",
-    }
-).encode()
-_RESPONSE = (
-    b"HTTP/1.1 408 Request Timeout\r\n"
-    b"content-type: application/problem+json\r\n"
-    b"content-length: %d\r\n"
-    b"connection: close\r\n\r\n" % len(_PROBLEM)
-) + _PROBLEM
+
+def _problem(status: int, title: str, detail: str) -> bytes:
+    """A whole response, written before any app sees the request (RFC 9457, as the app's)."""
+    problem = {"type": "about:blank", "title": title, "status": status, "detail": detail}
+    body = json.dumps(problem | {"code": "bad-request"}).encode()
+    head = (
+        f"HTTP/1.1 {status} {title}\r\ncontent-type: application/problem+json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+_TIMED_OUT = _problem(408, "Request Timeout", "The request's headers did not arrive in time.")
 
 
 class GatewayHttpProtocol(HttpToolsProtocol):
@@ -55,6 +54,12 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._disarm()
         super().connection_lost(exc)
 
+    def send_400_response(self, msg: str) -> None:
+        # uvicorn's answer to a request it cannot parse is text/plain; errors here are
+        # problems, whoever sends them
+        self.transport.write(_problem(400, "Bad Request", msg))
+        self.transport.close()
+
     def _arm(self) -> None:
         if self._head_timer is None:
             self._head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
@@ -69,5 +74,5 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         if self.cycle is None or self.cycle.response_complete:  # no response under way
-            self.transport.write(_RESPONSE)
+            self.transport.write(_TIMED_OUT)
         self.transport.close()
