@@ -151,10 +151,9 @@ def test_chunks_alternate_between_two_instances(two_instances: tuple[RunningGate
         headers={**TUS, "Upload-Length": str(len(data)), "Upload-Metadata": "key YWx0ZXJuYXRl"},
     )
     path = "/uploads/" + created.headers["location"].rsplit("/", 1)[1]
-    offset, turn = 0, 0
-    for size in (3 * MiB, 4 * MiB, 1, 6 * MiB - 1, 2 * MiB, 5 * MiB, len(data)):
+    offset = 0
+    for turn, size in enumerate((3 * MiB, 4 * MiB, 1, 6 * MiB - 1, 2 * MiB, 5 * MiB, len(data))):
         instance = (a, b)[turn % 2]
-        turn += 1
         head = httpx.head(instance.url + path, headers=TUS)  # each instance sees the state
         assert int(head.headers["upload-offset"]) == offset
         chunk = data[offset : offset + size]
