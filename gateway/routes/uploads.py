@@ -186,6 +186,9 @@ async def append(
     length = tus.parse_number(headers.get("upload-length"), "Upload-Length")
     if length is not None:
         check_length(length, settings)
+        if state.length is not None and length != state.length:
+            # Refused before a byte is read; the backend checks again under its lock.
+            raise BadRequest(f"The upload's length is {state.length}; it cannot change.")
     known = length if length is not None else state.length
     declared = declared_size(request)
     if known is not None and declared is not None and offset + declared > known:

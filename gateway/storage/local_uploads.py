@@ -29,7 +29,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..digests import HashChains
-from ..errors import ChunkChecksumMismatch, Conflict, Gone, Locked, NotFound, TooLarge
+from ..errors import (
+    BadRequest,
+    ChunkChecksumMismatch,
+    Gone,
+    Locked,
+    NotFound,
+    OffsetMismatch,
+    TooLarge,
+)
 from .base import Buffer, Chunks, ObjectInfo, Uploads, UploadSpec, UploadState, etag_for
 
 if TYPE_CHECKING:
@@ -141,13 +149,13 @@ class LocalUploads(Uploads):
         fd: int | None = await self._run(_lock, self._data(upload_id))
         if fd is None:  # complete and committed already
             if offset != state.offset:
-                raise Conflict(f"The upload's offset is {state.offset}, not {offset}.")
+                raise OffsetMismatch(state.offset, offset)
             return state
         try:
             state = await self._run(self._state, upload_id)  # as it is now that we hold it
             size = os.fstat(fd).st_size
             if offset != size:
-                raise Conflict(f"The upload's offset is {size}, not {offset}.")
+                raise OffsetMismatch(size, offset)
             state = await self._declare_length(state, length)
             if state.length is None or offset < state.length:
                 room = None if state.length is None else state.length - offset
@@ -161,10 +169,10 @@ class LocalUploads(Uploads):
             return state
         if state.length is not None:
             if length != state.length:
-                raise Conflict("The upload's length is already set.")
+                raise BadRequest(f"The upload's length is {state.length}; it cannot change.")
             return state
         if length < state.offset:
-            raise Conflict("Upload-Length is below the upload's offset.")
+            raise BadRequest("Upload-Length is below the upload's offset.")
         await self._run(self._update_record, state.id, {"length": length})
         return await self.info(state.id)
 
