@@ -6,7 +6,8 @@
 The offset is the data file's size, never a number kept apart from the bytes, so a crash
 cannot make them disagree: after a kill -9 the upload resumes from what was written. A
 request appending holds an flock() on the data file; a second one, from this process or
-another, gets 423. A chunk whose Upload-Checksum does not match is cut off again.
+another, gets 423. A chunk whose Upload-Checksum does not match, or that breaks off before
+it can be checked, is cut off again.
 
 SHA-256 of an upload that spans many requests: each request continues the hash where the
 last one left it when it runs in the same process (the hash state is kept in memory, keyed
@@ -190,8 +191,11 @@ class LocalUploads(Uploads):
         chunk_hash = hashlib.new(checksum[0]) if checksum else None
         try:
             await self.storage._write(fd, _at_most(chunks, room), _Hashes(object_hash, chunk_hash))
-        except TooLarge:
-            await self._run(os.ftruncate, fd, offset)  # the whole request is refused
+        except BaseException as exc:
+            # A refused request keeps nothing, nor does one that broke off before its bytes
+            # could be checked against its Upload-Checksum.
+            if isinstance(exc, TooLarge) or checksum:
+                await self._run(os.ftruncate, fd, offset)
             raise
         if checksum and chunk_hash and chunk_hash.digest() != checksum[1]:
             await self._run(os.ftruncate, fd, offset)
