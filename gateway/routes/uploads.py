@@ -145,8 +145,8 @@ async def patch(
     upload_id: str, request: Request, storage: StorageDep, settings: SettingsDep
 ) -> Response:
     """Append the body at Upload-Offset (Upload-Checksum verified when sent)."""
+    tus.check_version(request.headers)
     if request.headers.get("content-type") != tus.PATCH_CONTENT_TYPE:
-        tus.check_version(request.headers)
         raise UnsupportedMediaType(f"A PATCH body is {tus.PATCH_CONTENT_TYPE}.")
     offset = tus.parse_number(request.headers.get("upload-offset"), "Upload-Offset")
     if offset is None:
