@@ -95,6 +95,9 @@ async def create(request: Request, storage: StorageDep, settings: SettingsDep) -
         raise BadRequest("Send Upload-Length, or Upload-Defer-Length: 1.")
     if length is not None:
         check_length(length, settings)
+    with_body = headers.get("content-type") == tus.PATCH_CONTENT_TYPE
+    if not with_body and has_body(request):
+        raise UnsupportedMediaType(f"A body sent with the creation is {tus.PATCH_CONTENT_TYPE}.")
     metadata = tus.parse_metadata(headers.get("upload-metadata"))
     upload_id = uuid.uuid4().hex
     key = tus.object_key(metadata, upload_id)
@@ -111,7 +114,7 @@ async def create(request: Request, storage: StorageDep, settings: SettingsDep) -
     )
     tus_event("created")
     location = {"Location": str(request.base_url) + f"uploads/{upload_id}"}
-    if headers.get("content-type") == tus.PATCH_CONTENT_TYPE or length == 0:
+    if with_body or length == 0:
         try:
             state = await append(request, uploads, state, 0, settings)
         except GatewayError as exc:
@@ -204,6 +207,11 @@ async def append(
     if after.object is not None and state.object is None:
         tus_event("finished")
     return after
+
+
+def has_body(request: Request) -> bool:
+    declared = declared_size(request)
+    return bool(declared) or "transfer-encoding" in request.headers
 
 
 def check_length(length: int, settings: Settings) -> None:
