@@ -102,11 +102,12 @@ def state_headers(state: UploadState) -> dict[str, str]:
     return headers
 
 
-@router.options("/uploads/", status_code=204, response_class=Response)
-@router.options(UPLOAD, status_code=204, response_class=Response)
+@router.options("/uploads/", status_code=200, response_class=Response)
+@router.options(UPLOAD, status_code=200, response_class=Response)
 async def options(settings: SettingsDep) -> Response:
     """What this server supports of tus."""
-    return Response(status_code=204, headers=tus.options_headers(int(settings.max_upload_bytes)))
+    # 200 rather than tus's example 204: both are allowed, and some checkers expect 200.
+    return Response(status_code=200, headers=tus.options_headers(int(settings.max_upload_bytes)))
 
 
 @router.post(
