@@ -98,6 +98,7 @@ def create_app(settings: Settings | None = None, *, handle_signals: bool = False
     problems.install(app)
     for module in (objects, compat, uploads, presign, health, metrics_route):
         app.include_router(module.router)
-    if settings.cors_origins:
+    app.add_middleware(uploads.MethodOverride)
+    if settings.cors_origins:  # added last, so outside: preflights never reach the rest
         app.add_middleware(GatewayCORS, origins=settings.cors_origins)
     return app

@@ -11,6 +11,7 @@
     ├── NotFound                      404 not-found
     │   └── Gone                      410 not-found (a resumable upload that expired)
     ├── Conflict                      409 conflict
+    │   ├── OffsetMismatch            409 conflict (a tus chunk for another offset)
     │   └── Locked                    423 conflict (a resumable upload another request holds)
     ├── PreconditionFailed            412 precondition-failed
     ├── TooLarge                      413 too-large
@@ -92,6 +93,17 @@ class MethodNotAllowed(GatewayError):
 class Conflict(GatewayError):
     status, code = 409, "conflict"
     default_detail = "The request conflicts with the state of the resource."
+
+
+class OffsetMismatch(Conflict):
+    """A resumable upload's chunk sent for another offset than the upload's own."""
+
+    def __init__(self, offset: int, sent: int):
+        # Upload-Offset tells the client where to resume without asking again.
+        super().__init__(
+            f"The upload's offset is {offset}, not {sent}.",
+            headers={"Upload-Offset": str(offset)},
+        )
 
 
 class Locked(Conflict):

@@ -88,9 +88,12 @@ def parse_checksum(header: str | None) -> tuple[str, bytes] | None:
             headers={"Tus-Checksum-Algorithm": ",".join(CHECKSUM_ALGORITHMS)},
         )
     try:
-        return algorithm, base64.b64decode(encoded.strip(), validate=True)
+        digest = base64.b64decode(encoded.strip(), validate=True)
     except (binascii.Error, ValueError):
-        raise BadRequest("Upload-Checksum's digest is not base64.") from None
+        digest = b""
+    if not digest:
+        raise BadRequest("Upload-Checksum is `algorithm base64(digest)`.")
+    return algorithm, digest
 
 
 def object_key(metadata: Mapping[str, str], upload_id: str) -> str:

@@ -173,11 +173,12 @@ class Uploads(abc.ABC):
         checksum: tuple[str, bytes] | None = None,
         length: int | None = None,
     ) -> UploadState:
-        """Append at `offset`: Conflict if it is not the upload's offset, Locked if another
-        request is appending, ChunkChecksumMismatch (the chunk discarded) if `checksum`
-        does not match, TooLarge past the upload's length. Bytes received before the body
-        broke off count. Commits the object when the last byte arrives. `length` declares
-        a deferred length."""
+        """Append at `offset`: OffsetMismatch if it is not the upload's offset, Locked if
+        another request is appending, ChunkChecksumMismatch (the chunk discarded) if
+        `checksum` does not match, TooLarge past the upload's length. Bytes received before
+        the body broke off count. Commits the object when the last byte arrives. `length`
+        declares a deferred length (BadRequest if the upload has another one, or if it is
+        below the offset)."""
 
     @abc.abstractmethod
     async def terminate(self, upload_id: str) -> None: ...

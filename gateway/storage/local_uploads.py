@@ -6,7 +6,8 @@
 The offset is the data file's size, never a number kept apart from the bytes, so a crash
 cannot make them disagree: after a kill -9 the upload resumes from what was written. A
 request appending holds an flock() on the data file; a second one, from this process or
-another, gets 423. A chunk whose Upload-Checksum does not match is cut off again.
+another, gets 423. A chunk whose Upload-Checksum does not match, or that breaks off before
+it can be checked, is cut off again.
 
 SHA-256 of an upload that spans many requests: each request continues the hash where the
 last one left it when it runs in the same process (the hash state is kept in memory, keyed
@@ -15,6 +16,7 @@ request, the process restarted, a request broke off), the finished file is read 
 and hashed: about half a second per GiB here.
 """
 
+import asyncio
 import contextlib
 import errno
 import fcntl
@@ -30,7 +32,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..digests import HashChains
-from ..errors import ChunkChecksumMismatch, Conflict, Gone, Locked, NotFound, TooLarge
+from ..errors import (
+    BadRequest,
+    ChunkChecksumMismatch,
+    Gone,
+    Locked,
+    NotFound,
+    OffsetMismatch,
+    TooLarge,
+)
 from .base import Buffer, Chunks, ObjectInfo, Uploads, UploadSpec, UploadState, etag_for
 
 if TYPE_CHECKING:
@@ -160,12 +170,12 @@ class LocalUploads(Uploads):
         fd = _lock(self._data(upload_id))
         if fd is None:  # complete and committed already
             if offset != state.offset:
-                raise Conflict(f"The upload's offset is {state.offset}, not {offset}.")
+                raise OffsetMismatch(state.offset, offset)
             return None, state
         try:
             state = self._state(upload_id)  # as it is now that this request holds it
             if offset != state.offset:
-                raise Conflict(f"The upload's offset is {state.offset}, not {offset}.")
+                raise OffsetMismatch(state.offset, offset)
             os.lseek(fd, offset, os.SEEK_SET)
         except BaseException:
             os.close(fd)
@@ -177,10 +187,10 @@ class LocalUploads(Uploads):
             return state
         if state.length is not None:
             if length != state.length:
-                raise Conflict("The upload's length is already set.")
+                raise BadRequest(f"The upload's length is {state.length}; it cannot change.")
             return state
         if length < state.offset:
-            raise Conflict("Upload-Length is below the upload's offset.")
+            raise BadRequest("Upload-Length is below the upload's offset.")
         await self._run(self._update_record, state.id, {"length": length})
         return await self.info(state.id)
 
@@ -198,8 +208,11 @@ class LocalUploads(Uploads):
         chunk_hash = hashlib.new(checksum[0]) if checksum else None
         try:
             await self.storage._write(fd, _at_most(chunks, room), _Hashes(object_hash, chunk_hash))
-        except TooLarge:
-            await self._run(os.ftruncate, fd, offset)  # the whole request is refused
+        except BaseException as exc:
+            # A refused request keeps nothing, nor does one that broke off before its bytes
+            # could be checked against its Upload-Checksum.
+            if isinstance(exc, TooLarge) or checksum:
+                await asyncio.shield(self._run(os.ftruncate, fd, offset))
             raise
         if checksum and chunk_hash and chunk_hash.digest() != checksum[1]:
             await self._run(os.ftruncate, fd, offset)

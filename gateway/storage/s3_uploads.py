@@ -37,12 +37,14 @@ from starlette.requests import ClientDisconnect
 
 from ..digests import HashChains
 from ..errors import (
+    BadRequest,
     ChunkChecksumMismatch,
     Conflict,
     GatewayError,
     Gone,
     Locked,
     NotFound,
+    OffsetMismatch,
     PreconditionFailed,
     TooLarge,
 )
@@ -203,7 +205,7 @@ class S3Uploads(Uploads):
     ) -> UploadState:
         record, etag = await self._current(upload_id)
         if offset != record["offset"]:
-            raise Conflict(f"The upload's offset is {record['offset']}, not {offset}.")
+            raise OffsetMismatch(record["offset"], offset)
         if record["object"] is not None:
             return self._public(record)
         lease = _Lease(self, record, etag)
@@ -226,9 +228,9 @@ class S3Uploads(Uploads):
         if length is None:
             return record
         if record["length"] is not None and length != record["length"]:
-            raise Conflict("The upload's length is already set.")
+            raise BadRequest(f"The upload's length is {record['length']}; it cannot change.")
         if length < record["offset"]:
-            raise Conflict("Upload-Length is below the upload's offset.")
+            raise BadRequest("Upload-Length is below the upload's offset.")
         return {**record, "length": length}
 
     async def _receive(
