@@ -13,7 +13,7 @@ from .auth import Access
 from .cors import GatewayCORS
 from .lifecycle import Lifecycle
 from .observe import Observe
-from .routes import compat, health, objects, presign
+from .routes import compat, health, objects, page, presign
 from .routes import metrics as metrics_route
 from .settings import Settings
 from .storage import open_storage
@@ -67,6 +67,8 @@ def create_app(settings: Settings | None = None, *, handle_signals: bool = False
     problems.install(app)
     for module in (objects, compat, presign, health, metrics_route):
         app.include_router(module.router)
+    if settings.ui:
+        page.install(app)
     if settings.cors_origins:
         app.add_middleware(GatewayCORS, origins=settings.cors_origins)
     return app

@@ -24,11 +24,11 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
     for name, field in Settings.model_fields.items():
         help_text = f"{field.description} (GATEWAY_{name.upper()})"
         if field.annotation is bool:
+            # `--ui` and `--no-ui`: some switches are on by default.
             parser.add_argument(
                 _flag(name),
                 dest=name,
-                action="store_const",
-                const=True,
+                action=argparse.BooleanOptionalAction,
                 default=argparse.SUPPRESS,
                 help=help_text,
             )
