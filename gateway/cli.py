@@ -1,5 +1,6 @@
 """The `gateway` command: `gateway serve` runs the server with flags that mirror the settings;
-`gateway token create` makes a bearer token and its tokens-file entry."""
+`gateway token create` makes a bearer token and its tokens-file entry; `gateway upload` and
+`gateway download` move files in and out of a running gateway."""
 
 import argparse
 import hashlib
@@ -11,6 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from . import client
 from .settings import Settings
 from .tokens import SCOPES, TokenEntry, TokensFileError, append_entry
 
@@ -114,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     create.add_argument("--file", type=Path, help="also add the entry to this tokens file")
     create.set_defaults(handler=create_token)
+
+    client.add_commands(commands)
     return parser
 
 
