@@ -38,6 +38,8 @@ def refusal(response: httpx.Response, what: str) -> ClientError:
     """The error for an answer the client cannot go on from, with the gateway's words."""
     status = response.status_code
     detail = ""
+    if status >= 400 and not response.is_closed:
+        response.read()  # a streamed answer: its problem+json is small
     if response.headers.get("content-type", "").startswith("application/problem+json"):
         with contextlib.suppress(ValueError, AttributeError):
             detail = str(response.json().get("detail") or "")

@@ -132,7 +132,7 @@ class Download:
     def range_total(response: httpx.Response, start: int) -> int:
         match = _CONTENT_RANGE.match(response.headers.get("content-range", ""))
         if not match or int(match[1]) != start:
-            raise refusal(response, "downloading (an unexpected Content-Range)")
+            raise ClientError("the gateway sent another range than asked for", ExitCode.UNAVAILABLE)
         return int(match[3])
 
     def byte_at(self, offset: int) -> bytes:
