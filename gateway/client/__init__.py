@@ -30,7 +30,7 @@ exit codes:
   2    bad arguments
   3    the gateway refused: no or a wrong token (401), not allowed (403),
        a bad key (400), too large (413)
-  4    no such object (404)
+  4    no such object (404), or the upload was removed on the gateway
   5    SHA-256 mismatch: what arrived is not what was sent (the partial
        download is removed)
   6    the gateway could not be reached, or failed (5xx): running the same

@@ -152,6 +152,7 @@ export class Upload {
     const record = { url, name: this.file.name, size: this.file.size, created: Date.now() };
     localStorage.setItem(this.fingerprint, JSON.stringify({ ...record, ...this.metadata }));
     this.offset = 0;
+    this.objectKey = response.headers.get("X-Object-Key"); // an empty file is done already
     return url;
   }
 
