@@ -4,10 +4,14 @@
     ├── InvalidKey                    400 invalid-key
     ├── BadRequest                    400 bad-request
     ├── ChecksumMismatch              400 checksum-mismatch
+    │   └── ChunkChecksumMismatch     460 checksum-mismatch (tus checksum extension)
+    ├── UnsupportedMediaType          415 bad-request
     ├── Unauthorized                  401 unauthorized
     ├── Forbidden                     403 forbidden
     ├── NotFound                      404 not-found
+    │   └── Gone                      410 not-found (a resumable upload that expired)
     ├── Conflict                      409 conflict
+    │   └── Locked                    423 conflict (a resumable upload another request holds)
     ├── PreconditionFailed            412 precondition-failed
     ├── TooLarge                      413 too-large
     ├── RangeNotSatisfiable           416 range-not-satisfiable
@@ -25,6 +29,7 @@ from collections.abc import Mapping
 class GatewayError(Exception):
     status = 500
     code = "internal-error"
+    title: str | None = None  # the status's reason phrase unless set
     default_detail = "The gateway failed to handle the request."
 
     def __init__(self, detail: str | None = None, *, headers: Mapping[str, str] | None = None):
@@ -48,6 +53,17 @@ class ChecksumMismatch(GatewayError):
     default_detail = "The body does not match the checksum sent with it."
 
 
+class ChunkChecksumMismatch(ChecksumMismatch):
+    status = 460
+    title = "Checksum Mismatch"
+    default_detail = "The chunk does not match its Upload-Checksum; it was discarded."
+
+
+class UnsupportedMediaType(GatewayError):
+    status, code = 415, "bad-request"
+    default_detail = "The request body has the wrong Content-Type."
+
+
 class Unauthorized(GatewayError):
     status, code = 401, "unauthorized"
     default_detail = "A valid bearer token is required."
@@ -63,6 +79,11 @@ class NotFound(GatewayError):
     default_detail = "No such object."
 
 
+class Gone(NotFound):
+    status = 410
+    default_detail = "The upload has expired."
+
+
 class MethodNotAllowed(GatewayError):
     status, code = 405, "bad-request"
     default_detail = "The method is not allowed on this resource."
@@ -71,6 +92,11 @@ class MethodNotAllowed(GatewayError):
 class Conflict(GatewayError):
     status, code = 409, "conflict"
     default_detail = "The request conflicts with the state of the resource."
+
+
+class Locked(Conflict):
+    status = 423
+    default_detail = "Another request is writing to this upload."
 
 
 class PreconditionFailed(GatewayError):

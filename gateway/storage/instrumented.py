@@ -49,6 +49,7 @@ class InstrumentedStorage(Storage):
     def __init__(self, backend: Storage) -> None:
         self.backend = backend
         self.name = backend.name
+        self.uploads = backend.uploads
 
     def __getattr__(self, name: str) -> Any:
         # What a backend has beyond the interface (a local sweep, say) stays reachable.
