@@ -18,11 +18,13 @@ from rich.progress import (
     BarColumn,
     DownloadColumn,
     Progress,
+    ProgressColumn,
+    Task,
     TaskProgressColumn,
     TextColumn,
     TimeRemainingColumn,
-    TransferSpeedColumn,
 )
+from rich.text import Text
 
 from .. import __version__
 from . import ExitCode
@@ -146,19 +148,26 @@ def state_dir() -> Path:
     return Path(cache) / "gateway"
 
 
+class SpeedColumn(ProgressColumn):
+    """The speed in the binary units of the size beside it (rich's own is decimal)."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{human(speed)}/s" if speed is not None else "?", style="progress.data.speed")
+
+
 class Output:
     """Progress bars and notes on stderr, results on stdout; only errors when quiet."""
 
     def __init__(self, quiet: bool) -> None:
         self.quiet = quiet
         self.err = Console(stderr=True, highlight=False)
-        self.out = Console(highlight=False, soft_wrap=True)
         self.progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
             TaskProgressColumn(),
             DownloadColumn(binary_units=True),
-            TransferSpeedColumn(),
+            SpeedColumn(),
             TimeRemainingColumn(),
             console=self.err,
             disable=quiet,
@@ -174,8 +183,10 @@ class Output:
             self.progress.console.print(text, markup=False)
 
     def result(self, text: str) -> None:
+        # print(), not a Console: on a terminal, rich's live display takes it in and shows
+        # it above the bars; piped, it goes to stdout as is.
         if not self.quiet:
-            self.out.print(text, markup=False)
+            print(text, flush=True)
 
     def error(self, text: str) -> None:
         self.err.print(text, markup=False, style="red")
