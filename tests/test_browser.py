@@ -167,27 +167,39 @@ def test_two_files_by_the_file_input_listed_downloaded_and_deleted(
     assert gone.status_code == 404
 
 
-def test_pause_and_resume(page: Page, gateway: RunningGateway, tmp_path: Path) -> None:
-    source = tmp_path / "paused.bin"
-    data = random_bytes(source, 2 * MiB)
+def test_pause_one_upload_while_another_goes_on_then_resume_it(
+    page: Page, gateway: RunningGateway, tmp_path: Path
+) -> None:
+    source, other = tmp_path / "paused.bin", tmp_path / "going-on.bin"
+    data, other_data = random_bytes(source, 2 * MiB), random_bytes(other, 3 * MiB)
     page.goto(f"{gateway.url}/?{SLOW}")
-    page.set_input_files("#files", [source])
-    row = upload_row(page, source.name)
+    page.set_input_files("#files", [source, other])
+    row, other_row = upload_row(page, source.name), upload_row(page, other.name)
     wait_for(lambda: offset(row) >= 256 * 1024, what="the upload to get going")
     row.locator("button.pause").click()
     expect(row).to_have_attribute("data-state", "paused")
     expect(row.locator("button.resume")).to_be_visible()
     url = row.get_attribute("data-url")
     assert url
+    expect(other_row.locator(".figures")).to_contain_text("/s")  # its speed, time left
+    screenshot(page, "page-paused")
+
+    # The other upload goes on meanwhile; the paused one stays where it was. (Its reading
+    # waits for a few of the other's requests, so that one cut off by the pause is over.)
+    going = offset(other_row)
+    wait_for(lambda: offset(other_row) >= going + 128 * 1024, what="the other upload")
     held = server_offset(url)
     assert 0 < held < len(data)
-    screenshot(page, "page-paused")
+    wait_for(lambda: offset(other_row) >= going + 512 * 1024, what="the other upload")
+    assert server_offset(url) == held and other_row.get_attribute("data-state") == "uploading"
 
     row.locator("button.resume").click()
     expect(row).to_have_attribute("data-state", "done")
+    expect(other_row).to_have_attribute("data-state", "done")
     assert row.get_attribute("data-url") == url  # the same upload went on, none was made anew
     expect(row.locator(".percent")).to_have_text("100%")
     assert stored(gateway, source.name) == data
+    assert stored(gateway, other.name) == other_data
     assert saved_upload_urls(page.context) == []  # finished uploads are forgotten
 
 
