@@ -272,6 +272,10 @@ def test_exit_codes(
     unreachable = run(gateway, cache, "download", "k", tmp_path / "z", *nowhere)
     assert unreachable.returncode == ExitCode.UNAVAILABLE
     assert "cannot be reached" in unreachable.stderr
+    unreachable = run(gateway, cache, "upload", source, *nowhere)
+    assert unreachable.returncode == ExitCode.UNAVAILABLE
+    assert "cannot be reached" in unreachable.stderr and "Traceback" not in unreachable.stderr
+    assert run(gateway, cache, "upload", source, "--url", "gw.example").returncode == 2
 
 
 def test_a_token_reaches_its_own_prefix_only(

@@ -56,9 +56,16 @@ def _size(text: str) -> int:
     return size
 
 
+def _url(text: str) -> str:
+    if not text.startswith(("http://", "https://")):
+        raise argparse.ArgumentTypeError(f"not an http:// or https:// URL: {text!r}")
+    return text
+
+
 def _common_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--url",
+        type=_url,
         default=os.environ.get("GATEWAY_URL", DEFAULT_URL),
         help=f"the gateway (GATEWAY_URL; default {DEFAULT_URL})",
     )

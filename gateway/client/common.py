@@ -7,9 +7,9 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -28,6 +28,8 @@ from rich.text import Text
 
 from .. import __version__
 from . import ExitCode
+
+T = TypeVar("T")
 
 
 class ClientError(Exception):
@@ -55,6 +57,10 @@ def refusal(response: httpx.Response, what: str) -> ClientError:
     else:
         code = ExitCode.UNAVAILABLE
     return ClientError(f"{what}: {status} {detail}", code)
+
+
+def unreachable(problem: Exception) -> ClientError:
+    return ClientError(f"the gateway cannot be reached: {problem}", ExitCode.UNAVAILABLE)
 
 
 class Connection:
@@ -89,12 +95,22 @@ class Retry:
     def reset(self) -> None:
         self.left, self.delay = self.attempts, 1.0
 
+    def call(self, request: Callable[[], T]) -> T:
+        """`request()`, tried again while the connection fails or the gateway answers 5xx."""
+        while True:
+            try:
+                return request()
+            except httpx.TransportError as problem:
+                self.wait(problem)
+            except ClientError as problem:
+                if problem.code != ExitCode.UNAVAILABLE:
+                    raise
+                self.wait(problem)
+
     def wait(self, problem: Exception) -> None:
         """Sleep before the next try; raise when no try is left."""
         if self.left <= 0:
-            if isinstance(problem, ClientError):
-                raise problem
-            raise ClientError(f"the gateway cannot be reached: {problem}", ExitCode.UNAVAILABLE)
+            raise problem if isinstance(problem, ClientError) else unreachable(problem)
         self.left -= 1
         time.sleep(self.delay)
         self.delay = min(self.delay * 2, 10.0)

@@ -17,7 +17,17 @@ from typing import BinaryIO
 import httpx
 
 from . import ExitCode
-from .common import ClientError, Connection, Output, Retry, StateFile, Throttle, human, refusal
+from .common import (
+    ClientError,
+    Connection,
+    Output,
+    Retry,
+    StateFile,
+    Throttle,
+    human,
+    refusal,
+    unreachable,
+)
 
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
 
@@ -35,7 +45,8 @@ def run(args: argparse.Namespace) -> ExitCode:
     try:
         with Connection(args.url, args.token) as conn, output.running():
             Download(conn, args.key, target, args, output).run()
-    except ClientError as error:
+    except (ClientError, httpx.HTTPError) as exc:
+        error = unreachable(exc) if isinstance(exc, httpx.HTTPError) else exc
         output.error(f"{args.key}: {error}")
         return error.code
     except KeyboardInterrupt:

@@ -18,7 +18,17 @@ from pathlib import Path
 import httpx
 
 from . import ExitCode, tus
-from .common import ClientError, Connection, Output, Retry, StateFile, Throttle, human, refusal
+from .common import (
+    ClientError,
+    Connection,
+    Output,
+    Retry,
+    StateFile,
+    Throttle,
+    human,
+    refusal,
+    unreachable,
+)
 
 
 @dataclass(frozen=True)
@@ -51,7 +61,8 @@ def run(args: argparse.Namespace) -> ExitCode:
                 try:
                     with FileUpload(conn, target, args, output) as upload:
                         upload.run()
-                except ClientError as error:
+                except (ClientError, httpx.HTTPError) as exc:
+                    error = unreachable(exc) if isinstance(exc, httpx.HTTPError) else exc
                     output.error(f"{target.path}: {error}")
                     first_failure = first_failure or error.code
     except KeyboardInterrupt:
@@ -94,7 +105,7 @@ class FileUpload:
         saved = self.state.load()
         if saved:
             try:
-                upload = tus.status(self.conn, str(saved["url"]))
+                upload = self.retry.call(lambda: tus.status(self.conn, str(saved["url"])))
                 if upload.length == self.size:
                     self.output.note(
                         f"resuming {self.target.path.name} at {human(upload.offset)}"
@@ -104,7 +115,7 @@ class FileUpload:
             except tus.Gone:
                 pass
             self.state.remove()  # gone, expired, or not this file's
-        upload = tus.create(self.conn, self.size, self.target.metadata)
+        upload = self.retry.call(lambda: tus.create(self.conn, self.size, self.target.metadata))
         self.state.save({"url": upload.url, "path": str(self.target.path), "at": time.time()})
         return upload
 
@@ -149,7 +160,8 @@ class FileUpload:
 
     def finish(self, upload: tus.Upload) -> None:
         if upload.key is None:
-            upload = tus.status(self.conn, upload.url)
+            url = upload.url
+            upload = self.retry.call(lambda: tus.status(self.conn, url))
         self.state.remove()
         if upload.key is None:
             raise ClientError(
@@ -157,7 +169,8 @@ class FileUpload:
             )
         self.catch_up(self.size)
         mine = self.digest.hexdigest()
-        stored = upload.sha256 or self.stored_sha256(upload.key)
+        key = upload.key
+        stored = upload.sha256 or self.retry.call(lambda: self.stored_sha256(key))
         if stored is None:
             self.output.note(f"{upload.key}: this token may not read it back; SHA-256 not verified")
         elif stored != mine:
