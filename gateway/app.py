@@ -99,7 +99,7 @@ def create_app(settings: Settings | None = None, *, handle_signals: bool = False
     for module in (objects, compat, uploads, presign, health, metrics_route):
         app.include_router(module.router)
     if settings.ui:
-        page.install(app)
+        app.include_router(page.router)
     if settings.cors_origins:
         app.add_middleware(GatewayCORS, origins=settings.cors_origins)
     return app

@@ -37,9 +37,10 @@ async def test_the_page_and_its_files_are_served_with_a_strict_policy(tmp_path: 
         response = await get(settings, f"/static/{name}")
         assert response.status_code == 200 and kind in response.headers["content-type"]
         assert response.content == (STATIC / name).read_bytes()
-    missing = await get(settings, "/static/nothing.js")
-    assert missing.status_code == 404
-    assert missing.headers["content-type"] == "application/problem+json"
+    for outside in ("/static/nothing.js", "/static/..%2Fsettings.py", "/static/%2Fetc%2Fpasswd"):
+        missing = await get(settings, outside)
+        assert missing.status_code == 404, outside
+        assert missing.headers["content-type"] == "application/problem+json"
 
 
 @pytest.mark.parametrize("path", ["/", "/static/page.js"])
