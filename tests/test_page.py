@@ -1,6 +1,7 @@
 """The upload page as files and headers, in-process; tests/test_browser.py runs it in Chromium."""
 
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -65,8 +66,15 @@ def test_the_page_loads_nothing_from_elsewhere() -> None:
 
 
 def test_a_wheel_carries_the_page(tmp_path: Path) -> None:
+    source = tmp_path / "source"  # a copy, so that the build leaves the work tree alone
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source)
+    shutil.copytree(
+        ROOT / "gateway", source / "gateway", ignore=shutil.ignore_patterns("__pycache__")
+    )
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(source)],
         check=True,
         timeout=120,
         capture_output=True,
