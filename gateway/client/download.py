@@ -81,7 +81,7 @@ class Download:
         self.throttle = Throttle(args.limit_rate)
         self.digest = hashlib.sha256()
         self.hashed = 0  # the digest covers PATH.part up to here
-        self.task = output.progress.add_task(target.name, total=None)
+        self.bar = output.progress.add_task(target.name, total=None)
 
     def run(self) -> None:
         while True:
@@ -129,7 +129,7 @@ class Download:
             else:
                 raise refusal(got, "downloading")
             self.state.save({"etag": got.headers.get("etag"), "size": total})
-            self.output.progress.update(self.task, total=total, completed=have)
+            self.output.progress.update(self.bar, total=total, completed=have)
             self.catch_up(have)
             with self.open_part(have) as out:
                 for block in blocks:
@@ -167,7 +167,7 @@ class Download:
         self.digest.update(block)
         self.hashed += len(block)
         self.throttle(len(block))
-        self.output.progress.advance(self.task, len(block))
+        self.output.progress.advance(self.bar, len(block))
 
     def catch_up(self, offset: int) -> None:
         """Hash PATH.part up to `offset`: what an earlier run wrote."""

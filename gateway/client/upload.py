@@ -121,18 +121,18 @@ class FileUpload:
 
     def send(self, upload: tus.Upload) -> tus.Upload:
         progress = self.output.progress
-        task = progress.add_task(self.target.path.name, total=self.size, completed=upload.offset)
+        bar = progress.add_task(self.target.path.name, total=self.size, completed=upload.offset)
 
         def sent(size: int) -> None:
             self.throttle(size)
-            progress.advance(task, size)
+            progress.advance(bar, size)
 
         stale = False  # after a failure: ask the gateway where the upload stands
         while stale or not upload.complete:
             try:
                 if stale:
                     upload, stale = tus.status(self.conn, upload.url), False
-                    progress.update(task, completed=upload.offset)
+                    progress.update(bar, completed=upload.offset)
                     continue
                 chunk = self.read(upload.offset, min(self.chunk_size, self.size - upload.offset))
                 after = tus.patch(self.conn, upload, chunk, sent)
@@ -155,7 +155,7 @@ class FileUpload:
             self.hash(chunk, upload.offset, after.offset)
             upload = after
             self.retry.reset()
-            progress.update(task, completed=upload.offset)
+            progress.update(bar, completed=upload.offset)
         return upload
 
     def finish(self, upload: tus.Upload) -> None:
