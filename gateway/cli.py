@@ -62,6 +62,23 @@ def serve(args: argparse.Namespace) -> None:
     run(load_settings(overrides), overrides)
 
 
+def cleanup(args: argparse.Namespace) -> None:
+    """What the server does at start and then periodically, once, for cron jobs: abandoned
+    temporary files and multipart uploads, and expired resumable uploads."""
+    import asyncio
+
+    from .storage import open_storage
+
+    overrides = {name: value for name, value in vars(args).items() if name in Settings.model_fields}
+    storage = open_storage(load_settings(overrides))
+
+    async def run() -> int:
+        async with storage:  # opening a backend sweeps what crashed writers left
+            return await storage.uploads.sweep() if storage.uploads else 0
+
+    print(f"gateway: removed {asyncio.run(run())} expired resumable upload(s)")
+
+
 def create_token(args: argparse.Namespace) -> None:
     scopes = [scope.strip() for scope in args.scopes.split(",") if scope.strip()]
     if not scopes or set(scopes) - set(SCOPES):
@@ -116,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     create.add_argument("--file", type=Path, help="also add the entry to this tokens file")
     create.set_defaults(handler=create_token)
+
+    cleanup_parser = commands.add_parser(
+        "cleanup", help="remove what expired or crashed uploads left behind, then exit"
+    )
+    _add_setting_flags(cleanup_parser)
+    cleanup_parser.set_defaults(handler=cleanup)
 
     client.add_commands(commands)
     return parser

@@ -24,6 +24,7 @@ import os
 import re
 import time
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -137,24 +138,39 @@ class LocalUploads(Uploads):
         checksum: tuple[str, bytes] | None = None,
         length: int | None = None,
     ) -> UploadState:
-        state = await self.info(upload_id)
-        fd: int | None = await self._run(_lock, self._data(upload_id))
+        taken: tuple[int | None, UploadState] = await self._run(self._take, upload_id, offset)
+        fd, state = taken
         if fd is None:  # complete and committed already
-            if offset != state.offset:
-                raise Conflict(f"The upload's offset is {state.offset}, not {offset}.")
             return state
         try:
-            state = await self._run(self._state, upload_id)  # as it is now that we hold it
-            size = os.fstat(fd).st_size
-            if offset != size:
-                raise Conflict(f"The upload's offset is {size}, not {offset}.")
             state = await self._declare_length(state, length)
             if state.length is None or offset < state.length:
                 room = None if state.length is None else state.length - offset
-                await self._receive(upload_id, fd, offset, room, chunks, checksum)
-            return await self._finish_if_complete(upload_id, fd)
+                size = await self._receive(upload_id, fd, offset, room, chunks, checksum)
+                state = replace(state, offset=size, expires=datetime.now(UTC) + self.expiry)
+            if state.length is not None and state.offset == state.length:
+                return await self._finish(upload_id, fd)
+            return state
         finally:
             os.close(fd)  # releases the lock
+
+    def _take(self, upload_id: str, offset: int) -> tuple[int | None, UploadState]:
+        """Lock the upload for appending at `offset`, in one trip to a worker thread."""
+        state = self._state(upload_id)
+        fd = _lock(self._data(upload_id))
+        if fd is None:  # complete and committed already
+            if offset != state.offset:
+                raise Conflict(f"The upload's offset is {state.offset}, not {offset}.")
+            return None, state
+        try:
+            state = self._state(upload_id)  # as it is now that this request holds it
+            if offset != state.offset:
+                raise Conflict(f"The upload's offset is {state.offset}, not {offset}.")
+            os.lseek(fd, offset, os.SEEK_SET)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, state
 
     async def _declare_length(self, state: UploadState, length: int | None) -> UploadState:
         if length is None:
@@ -176,8 +192,8 @@ class LocalUploads(Uploads):
         room: int | None,
         chunks: Chunks,
         checksum: tuple[str, bytes] | None,
-    ) -> None:
-        await self._run(os.lseek, fd, offset, os.SEEK_SET)
+    ) -> int:
+        """Append the chunks; return the new size of the data file."""
         object_hash = self.chains.take(upload_id, offset)
         chunk_hash = hashlib.new(checksum[0]) if checksum else None
         try:
@@ -188,14 +204,16 @@ class LocalUploads(Uploads):
         if checksum and chunk_hash and chunk_hash.digest() != checksum[1]:
             await self._run(os.ftruncate, fd, offset)
             raise ChunkChecksumMismatch()
-        self.chains.keep(upload_id, os.fstat(fd).st_size, object_hash)
+        size = os.fstat(fd).st_size
+        self.chains.keep(upload_id, size, object_hash)
+        return size
 
-    async def _finish_if_complete(self, upload_id: str, fd: int) -> UploadState:
+    async def _finish(self, upload_id: str, fd: int) -> UploadState:
+        """Commit the complete upload as its object."""
         state = await self.info(upload_id)
-        if state.object is not None or state.length is None or state.offset < state.length:
-            return state
+        size = state.offset
         await self._run(os.fsync, fd)
-        chain = self.chains.take(upload_id, state.length)
+        chain = self.chains.take(upload_id, size)
         sha256 = (
             chain.hexdigest()
             if chain is not None
@@ -203,7 +221,7 @@ class LocalUploads(Uploads):
         )
         info = ObjectInfo(
             key=state.key,
-            size=state.length,
+            size=size,
             etag=etag_for(sha256),
             sha256=sha256,
             content_type=state.content_type,
