@@ -1,6 +1,7 @@
 """The `gateway` command: `gateway serve` runs the server with flags that mirror the settings;
-`gateway token create` makes a bearer token and its tokens-file entry; `gateway upload` and
-`gateway download` move files in and out of a running gateway."""
+`gateway token create` makes a bearer token and its tokens-file entry; `gateway cleanup`
+removes what unfinished uploads left behind; `gateway upload` and `gateway download` move
+files in and out of a running gateway."""
 
 import argparse
 import hashlib
