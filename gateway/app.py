@@ -14,7 +14,7 @@ from .auth import Access
 from .cors import GatewayCORS
 from .lifecycle import Lifecycle
 from .observe import Observe
-from .routes import compat, health, objects, presign, uploads
+from .routes import compat, health, objects, page, presign, uploads
 from .routes import metrics as metrics_route
 from .settings import Settings
 from .storage import open_storage
@@ -98,6 +98,8 @@ def create_app(settings: Settings | None = None, *, handle_signals: bool = False
     problems.install(app)
     for module in (objects, compat, uploads, presign, health, metrics_route):
         app.include_router(module.router)
+    if settings.ui:
+        app.include_router(page.router)
     app.add_middleware(uploads.MethodOverride)
     if settings.cors_origins:  # added last, so outside: preflights never reach the rest
         app.add_middleware(GatewayCORS, origins=settings.cors_origins)

@@ -1,5 +1,7 @@
 """The `gateway` command: `gateway serve` runs the server with flags that mirror the settings;
-`gateway token create` makes a bearer token and its tokens-file entry."""
+`gateway token create` makes a bearer token and its tokens-file entry; `gateway cleanup`
+removes what unfinished uploads left behind; `gateway upload` and `gateway download` move
+files in and out of a running gateway."""
 
 import argparse
 import hashlib
@@ -11,6 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from . import client
 from .settings import Settings
 from .tokens import SCOPES, TokenEntry, TokensFileError, append_entry
 
@@ -24,11 +27,11 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
     for name, field in Settings.model_fields.items():
         help_text = f"{field.description} (GATEWAY_{name.upper()})"
         if field.annotation is bool:
+            # `--ui` and `--no-ui`: some switches are on by default.
             parser.add_argument(
                 _flag(name),
                 dest=name,
-                action="store_const",
-                const=True,
+                action=argparse.BooleanOptionalAction,
                 default=argparse.SUPPRESS,
                 help=help_text,
             )
@@ -137,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_setting_flags(cleanup_parser)
     cleanup_parser.set_defaults(handler=cleanup)
+
+    client.add_commands(commands)
     return parser
 
 
