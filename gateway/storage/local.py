@@ -22,7 +22,6 @@ garbage is removed.
 
 import asyncio
 import contextlib
-import errno
 import fcntl
 import json
 import os
@@ -54,6 +53,7 @@ from .base import (
 from .cursor import decode_cursor, encode_cursor
 from .local_index import Index, Row
 from .local_uploads import LocalUploads
+from .locking import open_locked
 from .writeback import start_writeback
 
 T = TypeVar("T")
@@ -400,17 +400,10 @@ def _link(source: Path, folder: Path) -> str:
 def _lock_if_abandoned(path: str) -> int | None:
     """An fd holding the lock of a tmp file no live writer holds, or None."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
+        fd = open_locked(path, os.O_RDONLY)
+    except BlockingIOError:
         return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        os.close(fd)
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            return None
-        raise
-    if os.fstat(fd).st_nlink == 0:  # its writer removed it meanwhile
+    if fd is not None and os.fstat(fd).st_nlink == 0:  # its writer removed it meanwhile
         os.close(fd)
         return None
     return fd

@@ -18,8 +18,6 @@ and hashed: about half a second per GiB here.
 
 import asyncio
 import contextlib
-import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -42,6 +40,7 @@ from ..errors import (
     TooLarge,
 )
 from .base import Buffer, Chunks, ObjectInfo, Uploads, UploadSpec, UploadState, etag_for
+from .locking import open_locked
 
 if TYPE_CHECKING:
     from hashlib import _Hash
@@ -316,17 +315,9 @@ def _lock(path: Path) -> int | None:
     """The data file, opened for writing and locked; Locked if another request holds it.
     None for an upload whose data file is gone (committed)."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        os.close(fd)
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            raise Locked() from None
-        raise
-    return fd
+        return open_locked(path, os.O_WRONLY)
+    except BlockingIOError:
+        raise Locked() from None
 
 
 def _write_json(path: Path, value: dict[str, Any]) -> None:
