@@ -12,7 +12,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[s3,testing,test]'
+	$(BIN)/python -m pip install --quiet -e '.[s3,testing,test,client]'
 	touch $(STAMP)
 
 run: install
@@ -27,7 +27,13 @@ format: install
 	$(BIN)/ruff check --fix gateway tests bench
 	$(BIN)/ruff format gateway tests bench
 
-test: install lint
+# tus-js-client, which the tests run under Node
+JS_DEPS := tests/js/node_modules/.installed
+$(JS_DEPS): tests/js/package.json tests/js/package-lock.json
+	npm ci --prefix tests/js --no-audit --no-fund --silent
+	touch $@
+
+test: install lint $(JS_DEPS)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-big: install

@@ -38,7 +38,10 @@ class Suite:
 def serve_command(backend: str) -> str:
     base = f"{GATEWAY} serve --port {{port}} --log-level warning"
     if backend == "s3":
-        return base + " --backend s3 --s3-bucket {bucket} --s3-endpoint-url {endpoint}"
+        return (
+            base + " --backend s3 --s3-bucket {bucket} --s3-endpoint-url {endpoint}"
+            " --s3-addressing-style path"
+        )
     return base + " --data-dir {data}"
 
 
@@ -55,6 +58,46 @@ SUITES = [
         "Local backend, 64 MiB x 16",
         "seed:form-upload,project:form-upload,project:raw-upload",
         ("--size", "64MiB", "--concurrency", "16"),
+    ),
+    Suite(
+        "tus-local",
+        "Resumable uploads, local backend, 1 GiB x 1, 8 MiB chunks",
+        "tuspyserver:tus-upload,tus-node:tus-upload,project:tus-upload",
+        ("--size", "1GiB", "--chunk-size", "8MiB"),
+    ),
+    Suite(
+        "tus-local-concurrent",
+        "Resumable uploads, local backend, 64 MiB x 16, 8 MiB chunks",
+        "tuspyserver:tus-upload,tus-node:tus-upload,project:tus-upload",
+        ("--size", "64MiB", "--concurrency", "16", "--chunk-size", "8MiB"),
+    ),
+    Suite(
+        "s3",
+        "S3 backend (moto), 256 MiB x 1",
+        "s3-direct,seed-s3:form-upload,project:form-upload,project:raw-upload",
+        ("--size", "256MiB"),
+        backend="s3",
+    ),
+    Suite(
+        "s3-concurrent",
+        "S3 backend (moto), 32 MiB x 8",
+        "s3-direct,seed-s3:form-upload,project:form-upload,project:raw-upload",
+        ("--size", "32MiB", "--concurrency", "8"),
+        backend="s3",
+    ),
+    Suite(
+        "s3-download",
+        "S3 backend (moto), download of 256 MiB",
+        "seed-s3:download,project:download",
+        ("--size", "256MiB"),
+        backend="s3",
+    ),
+    Suite(
+        "tus-s3",
+        "Resumable uploads, S3 backend (moto), 256 MiB x 1, 8 MiB chunks",
+        "tus-node:tus-upload,project:tus-upload",
+        ("--size", "256MiB", "--chunk-size", "8MiB"),
+        backend="s3",
     ),
 ]
 

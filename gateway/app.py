@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -13,20 +14,50 @@ from .auth import Access
 from .cors import GatewayCORS
 from .lifecycle import Lifecycle
 from .observe import Observe
-from .routes import compat, health, objects, presign
+from .routes import compat, health, objects, page, presign, uploads
 from .routes import metrics as metrics_route
 from .settings import Settings
 from .storage import open_storage
+from .storage.base import Storage
 
 # Requests cut off at the end of the shutdown grace period are cancelled, not finished: they
 # still remove their temporary files or abort their multipart uploads, which takes moments.
 CLEANUP_TIMEOUT = 10.0
+SWEEP_INTERVAL = 600.0  # at most; a quarter of the upload expiry when that is shorter
+log = logging.getLogger("gateway")
 
 
 class Gateway(FastAPI):
     def build_middleware_stack(self) -> ASGIApp:
         # Outermost, so that the 500s Starlette's error middleware sends are seen too.
         return Observe(super().build_middleware_stack(), self.state.lifecycle)
+
+
+@asynccontextmanager
+async def sweeping(storage: Storage, settings: Settings) -> AsyncIterator[None]:
+    """Remove expired resumable uploads now and then, while the app runs."""
+    if storage.uploads is None:
+        yield
+        return
+    uploads = storage.uploads
+    interval = min(settings.upload_expiry.total_seconds() / 4, SWEEP_INTERVAL)
+
+    async def sweep_forever() -> None:
+        while True:
+            try:
+                for _ in range(await uploads.sweep()):
+                    metrics.tus_event("expired")
+            except Exception:
+                log.exception("sweeping expired uploads failed")
+            await asyncio.sleep(interval)
+
+    task = asyncio.create_task(sweep_forever())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def create_app(settings: Settings | None = None, *, handle_signals: bool = False) -> FastAPI:
@@ -43,7 +74,7 @@ def create_app(settings: Settings | None = None, *, handle_signals: bool = False
         restore_signals = lifecycle.watch_signals() if handle_signals else None
         reloading = access.tokens.reloading_on_sighup() if access.tokens else None
         try:
-            async with storage:
+            async with storage, sweeping(storage, settings):
                 with reloading or contextlib.nullcontext():
                     yield
                 with contextlib.suppress(TimeoutError):
@@ -65,8 +96,11 @@ def create_app(settings: Settings | None = None, *, handle_signals: bool = False
     app.state.access = access
     app.state.lifecycle = lifecycle
     problems.install(app)
-    for module in (objects, compat, presign, health, metrics_route):
+    for module in (objects, compat, uploads, presign, health, metrics_route):
         app.include_router(module.router)
-    if settings.cors_origins:
+    if settings.ui:
+        app.include_router(page.router)
+    app.add_middleware(uploads.MethodOverride)
+    if settings.cors_origins:  # added last, so outside: preflights never reach the rest
         app.add_middleware(GatewayCORS, origins=settings.cors_origins)
     return app

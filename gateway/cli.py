@@ -1,5 +1,7 @@
 """The `gateway` command: `gateway serve` runs the server with flags that mirror the settings;
-`gateway token create` makes a bearer token and its tokens-file entry."""
+`gateway token create` makes a bearer token and its tokens-file entry; `gateway cleanup`
+removes what unfinished uploads left behind; `gateway upload` and `gateway download` move
+files in and out of a running gateway."""
 
 import argparse
 import hashlib
@@ -11,6 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from . import client
 from .settings import Settings
 from .tokens import SCOPES, TokenEntry, TokensFileError, append_entry
 
@@ -24,11 +27,11 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
     for name, field in Settings.model_fields.items():
         help_text = f"{field.description} (GATEWAY_{name.upper()})"
         if field.annotation is bool:
+            # `--ui` and `--no-ui`: some switches are on by default.
             parser.add_argument(
                 _flag(name),
                 dest=name,
-                action="store_const",
-                const=True,
+                action=argparse.BooleanOptionalAction,
                 default=argparse.SUPPRESS,
                 help=help_text,
             )
@@ -58,6 +61,23 @@ def serve(args: argparse.Namespace) -> None:
 
     overrides = {name: value for name, value in vars(args).items() if name in Settings.model_fields}
     run(load_settings(overrides), overrides)
+
+
+def cleanup(args: argparse.Namespace) -> None:
+    """What the server does at start and then periodically, once, for cron jobs: abandoned
+    temporary files and multipart uploads, and expired resumable uploads."""
+    import asyncio
+
+    from .storage import open_storage
+
+    overrides = {name: value for name, value in vars(args).items() if name in Settings.model_fields}
+    storage = open_storage(load_settings(overrides))
+
+    async def run() -> int:
+        async with storage:  # opening a backend sweeps what crashed writers left
+            return await storage.uploads.sweep() if storage.uploads else 0
+
+    print(f"gateway: removed {asyncio.run(run())} expired resumable upload(s)")
 
 
 def create_token(args: argparse.Namespace) -> None:
@@ -114,6 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     create.add_argument("--file", type=Path, help="also add the entry to this tokens file")
     create.set_defaults(handler=create_token)
+
+    cleanup_parser = commands.add_parser(
+        "cleanup", help="remove what expired or crashed uploads left behind, then exit"
+    )
+    _add_setting_flags(cleanup_parser)
+    cleanup_parser.set_defaults(handler=cleanup)
+
+    client.add_commands(commands)
     return parser
 
 

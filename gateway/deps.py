@@ -9,15 +9,16 @@ from .settings import Settings
 from .storage.base import Storage
 
 
-def get_storage(request: Request) -> Storage:
+# async: FastAPI runs a plain function dependency in a worker thread, at every request.
+async def get_storage(request: Request) -> Storage:
     return cast(Storage, request.app.state.storage)
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return cast(Settings, request.app.state.settings)
 
 
-def get_lifecycle(request: Request) -> Lifecycle:
+async def get_lifecycle(request: Request) -> Lifecycle:
     return cast(Lifecycle, request.app.state.lifecycle)
 
 

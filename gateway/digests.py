@@ -7,10 +7,18 @@ client sent Content-MD5; the ETag comes from the SHA-256.
 
 import hashlib
 import hmac
+from collections import OrderedDict
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from typing import Any, Protocol
 
 from .errors import ChecksumMismatch
 from .storage.base import Buffer, WriteSpec
+
+
+class Hasher(Protocol):
+    """What the writer threads feed each batch to."""
+
+    def update(self, chunks: Sequence[Buffer]) -> None: ...
 
 
 class Digests:
@@ -59,3 +67,32 @@ async def batched(chunks: AsyncIterable[Buffer], size: int) -> AsyncIterator[lis
             batch, held = [], 0
     if batch:
         yield batch
+
+
+class HashChains:
+    """The SHA-256 of resumable uploads, carried from one request to the next in this
+    process: a cache only. A request that starts at the offset a chain ended at continues
+    it; any other start (another instance took the last request, a restart, a request
+    that broke off) finds none, and the finished upload is hashed by reading it back."""
+
+    def __init__(self, size: int = 1024):
+        self.size = size
+        self._chains: OrderedDict[str, tuple[int, Any]] = OrderedDict()
+
+    def take(self, upload_id: str, offset: int) -> Any:
+        """The chain that ended at `offset` (a fresh one at 0), or None; it leaves the cache
+        until `keep` puts it back."""
+        chain = self._chains.pop(upload_id, None)
+        if chain is not None and chain[0] == offset:
+            return chain[1]
+        return hashlib.sha256() if offset == 0 else None
+
+    def keep(self, upload_id: str, offset: int, chain: Any) -> None:
+        if chain is None:
+            return
+        self._chains[upload_id] = (offset, chain)
+        while len(self._chains) > self.size:
+            self._chains.popitem(last=False)
+
+    def drop(self, upload_id: str) -> None:
+        self._chains.pop(upload_id, None)

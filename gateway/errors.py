@@ -4,11 +4,16 @@
     ├── InvalidKey                    400 invalid-key
     ├── BadRequest                    400 bad-request
     ├── ChecksumMismatch              400 checksum-mismatch
+    │   └── ChunkChecksumMismatch     460 checksum-mismatch (tus checksum extension)
+    ├── UnsupportedMediaType          415 bad-request
     ├── Unauthorized                  401 unauthorized
     ├── Forbidden                     403 forbidden
     ├── NotFound                      404 not-found
+    │   └── Gone                      410 not-found (a resumable upload that expired)
     ├── RequestTimeout                408 bad-request
     ├── Conflict                      409 conflict
+    │   ├── OffsetMismatch            409 conflict (a tus chunk for another offset)
+    │   └── Locked                    423 conflict (a resumable upload another request holds)
     ├── PreconditionFailed            412 precondition-failed
     ├── TooLarge                      413 too-large
     ├── RangeNotSatisfiable           416 range-not-satisfiable
@@ -26,6 +31,7 @@ from collections.abc import Mapping
 class GatewayError(Exception):
     status = 500
     code = "internal-error"
+    title: str | None = None  # the status's reason phrase unless set
     default_detail = "The gateway failed to handle the request."
 
     def __init__(self, detail: str | None = None, *, headers: Mapping[str, str] | None = None):
@@ -49,6 +55,17 @@ class ChecksumMismatch(GatewayError):
     default_detail = "The body does not match the checksum sent with it."
 
 
+class ChunkChecksumMismatch(ChecksumMismatch):
+    status = 460
+    title = "Checksum Mismatch"
+    default_detail = "The chunk does not match its Upload-Checksum; it was discarded."
+
+
+class UnsupportedMediaType(GatewayError):
+    status, code = 415, "bad-request"
+    default_detail = "The request body has the wrong Content-Type."
+
+
 class Unauthorized(GatewayError):
     status, code = 401, "unauthorized"
     default_detail = "A valid bearer token is required."
@@ -62,6 +79,11 @@ class Forbidden(GatewayError):
 class NotFound(GatewayError):
     status, code = 404, "not-found"
     default_detail = "No such object."
+
+
+class Gone(NotFound):
+    status = 410
+    default_detail = "The upload has expired."
 
 
 class MethodNotAllowed(GatewayError):
@@ -81,6 +103,22 @@ class RequestTimeout(GatewayError):
 class Conflict(GatewayError):
     status, code = 409, "conflict"
     default_detail = "The request conflicts with the state of the resource."
+
+
+class OffsetMismatch(Conflict):
+    """A resumable upload's chunk sent for another offset than the upload's own."""
+
+    def __init__(self, offset: int, sent: int):
+        # Upload-Offset tells the client where to resume without asking again.
+        super().__init__(
+            f"The upload's offset is {offset}, not {sent}.",
+            headers={"Upload-Offset": str(offset)},
+        )
+
+
+class Locked(Conflict):
+    status = 423
+    default_detail = "Another request is writing to this upload."
 
 
 class PreconditionFailed(GatewayError):

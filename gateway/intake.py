@@ -8,10 +8,10 @@ from collections.abc import AsyncIterable, AsyncIterator, Mapping
 
 from starlette.requests import Request
 
-from .deps import get_settings
 from .errors import BadRequest, InvalidKey, TooLarge
 from .keys import decode_path_key
 from .pacing import paced
+from .settings import Settings
 from .storage.base import Buffer, WriteSpec
 
 META_PREFIX = "x-meta-"
@@ -119,7 +119,7 @@ def too_large(limit: int) -> TooLarge:
 def client_body(request: Request) -> AsyncIterator[bytes]:
     """The request body as it arrives, closed with 408 when the client sends too little for
     too long (BODY_IDLE_TIMEOUT, BODY_MIN_RATE: see gateway.pacing)."""
-    settings = get_settings(request)
+    settings: Settings = request.app.state.settings
     window = settings.body_idle_timeout.total_seconds()
     min_bytes = max(1, int(settings.body_min_rate * window))
     return paced(request.stream(), window, min_bytes)

@@ -30,7 +30,21 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 BACKEND_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
-BACKEND_OPERATIONS = ("put", "stage", "commit", "open", "stat", "delete", "list", "check")
+BACKEND_OPERATIONS = (
+    "put",
+    "stage",
+    "commit",
+    "open",
+    "stat",
+    "delete",
+    "list",
+    "check",
+    "upload_create",
+    "upload_info",
+    "upload_append",
+    "upload_terminate",
+    "upload_sweep",
+)
 TusEvent = Literal["created", "finished", "terminated", "expired"]
 TUS_EVENTS: tuple[TusEvent, ...] = ("created", "finished", "terminated", "expired")
 

@@ -21,7 +21,7 @@ PROBLEM_JSON = "application/problem+json"
 def problem(error: GatewayError, instance: str | None = None) -> JSONResponse:
     body: dict[str, object] = {
         "type": "about:blank",
-        "title": HTTPStatus(error.status).phrase,
+        "title": error.title or HTTPStatus(error.status).phrase,
         "status": error.status,
         "detail": error.detail,
         "code": error.code,

@@ -117,6 +117,7 @@ class Settings(BaseSettings):
     cors_origins: CommaList = Field(
         default_factory=list, description="origins allowed by CORS, comma-separated"
     )
+    ui: bool = Field(True, description="serve the upload page at / (`--no-ui` turns it off)")
     upload_expiry: Duration = Field(
         timedelta(hours=24), description="resumable uploads idle this long are removed"
     )

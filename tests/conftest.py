@@ -35,14 +35,20 @@ def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
 
 
 def leftovers(settings: Settings) -> list[str]:
-    """What unfinished uploads left behind: tmp files, or open S3 multipart uploads."""
+    """What unfinished uploads left behind: tmp files and resumable-upload data, or open S3
+    multipart uploads and resumable-upload tails. (A finished resumable upload keeps only
+    its small state record until it expires, so that its HEAD still answers.)"""
     if settings.backend == "local":
-        return tmp_files(settings.data_dir)
+        uploads = settings.data_dir / "uploads"
+        data = sorted(path.name for path in uploads.glob("*.bin")) if uploads.exists() else []
+        return tmp_files(settings.data_dir) + data
     import boto3
 
     s3 = boto3.client("s3", endpoint_url=settings.s3_endpoint_url, region_name="us-east-1")
     uploads = s3.list_multipart_uploads(Bucket=settings.s3_bucket).get("Uploads", [])
-    return [upload["Key"] for upload in uploads]
+    listing = s3.list_objects_v2(Bucket=settings.s3_bucket, Prefix=".gateway/")
+    tails = [o["Key"] for o in listing.get("Contents", []) if o["Key"].endswith("/tail")]
+    return [upload["Key"] for upload in uploads] + tails
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import pytest
 
 from gateway.testing import RunningGateway, running_gateway
 from tests.conftest import tmp_files
-from tests.helpers import MiB, file_chunks, random_file
+from tests.helpers import MiB, file_chunks, random_file, wait_for
 from tests.nginx import Nginx, running_nginx
 
 GiB = 1024 * MiB
@@ -38,12 +38,18 @@ def nginx(instances: list[RunningGateway]) -> Iterator[Nginx]:
 
 
 def served_by(instances: list[RunningGateway], request_id: str) -> list[int]:
-    """Which instances wrote an access-log line for `request_id`."""
-    return [
-        number
-        for number, gateway in enumerate(instances)
-        if re.search(rf"gateway\.access: .* id={re.escape(request_id)}$", gateway.log(), re.M)
-    ]
+    """Which instances wrote an access-log line for `request_id`. The line is written as
+    the response ends, which may be just after the client has it: wait for one."""
+
+    def found() -> list[int]:
+        return [
+            number
+            for number, gateway in enumerate(instances)
+            if re.search(rf"gateway\.access: .* id={re.escape(request_id)}$", gateway.log(), re.M)
+        ]
+
+    wait_for(lambda: bool(found()), what=f"an access-log line with id={request_id}")
+    return found()
 
 
 @pytest.mark.parametrize(

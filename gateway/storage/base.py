@@ -21,7 +21,7 @@ import abc
 import contextlib
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Self
 
 from ..ranges import ByteRange, RangeSpec
@@ -55,6 +55,20 @@ class ObjectInfo:
             "filename": self.filename,
             "metadata": dict(self.metadata),
         }
+
+    @classmethod
+    def from_json(cls, value: Mapping[str, Any]) -> "ObjectInfo":
+        modified = datetime.strptime(value["last_modified"], "%Y-%m-%dT%H:%M:%S.%fZ")
+        return cls(
+            key=value["key"],
+            size=value["size"],
+            etag=value["etag"],
+            sha256=value["sha256"],
+            content_type=value["content_type"],
+            last_modified=modified.replace(tzinfo=UTC),
+            filename=value["filename"],
+            metadata=value["metadata"],
+        )
 
 
 def etag_for(sha256_hex: str) -> str:
@@ -113,10 +127,72 @@ class ObjectReader(abc.ABC):
         await self.aclose()
 
 
+@dataclass(frozen=True)
+class UploadState:
+    """A resumable upload, as its backend keeps it (nothing of it lives in process memory)."""
+
+    id: str
+    key: str  # where the object goes once complete
+    length: int | None  # None until a deferred length is declared
+    offset: int
+    metadata: Mapping[str, str]  # Upload-Metadata, as the client gave it
+    content_type: str
+    filename: str | None
+    expires: datetime
+    object: ObjectInfo | None = None  # the committed object, once the last byte arrived
+
+
+@dataclass(frozen=True)
+class UploadSpec:
+    id: str  # chosen by the caller: 32 lower-case hex digits
+    key: str
+    length: int | None
+    metadata: Mapping[str, str]
+    content_type: str
+    filename: str | None
+
+
+class Uploads(abc.ABC):
+    """The resumable-upload capability (tus): bytes appended at an offset, in as many
+    requests as it takes, on any instance, until the object is committed at its key."""
+
+    @abc.abstractmethod
+    async def create(self, spec: UploadSpec) -> UploadState: ...
+
+    @abc.abstractmethod
+    async def info(self, upload_id: str) -> UploadState:
+        """NotFound for an unknown or terminated upload, Gone for an expired one."""
+
+    @abc.abstractmethod
+    async def append(
+        self,
+        upload_id: str,
+        offset: int,
+        chunks: Chunks,
+        *,
+        checksum: tuple[str, bytes] | None = None,
+        length: int | None = None,
+    ) -> UploadState:
+        """Append at `offset`: OffsetMismatch if it is not the upload's offset, Locked if
+        another request is appending, ChunkChecksumMismatch (the chunk discarded) if
+        `checksum` does not match, TooLarge past the upload's length. Bytes received before
+        the body broke off count. Commits the object when the last byte arrives. `length`
+        declares a deferred length (BadRequest if the upload has another one, or if it is
+        below the offset)."""
+
+    @abc.abstractmethod
+    async def terminate(self, upload_id: str) -> None: ...
+
+    @abc.abstractmethod
+    async def sweep(self) -> int:
+        """Remove expired uploads (finished ones too, once expired); return how many."""
+
+
 class Storage(abc.ABC):
     """A storage backend. Open it with `async with`, which also sweeps leftovers."""
 
     name: str
+    uploads: Uploads | None = None  # the resumable-upload capability, where a backend has it
 
     async def __aenter__(self) -> Self:
         await self.start()

@@ -17,7 +17,18 @@ from starlette.requests import ClientDisconnect
 from .. import metrics
 from ..errors import GatewayError
 from ..ranges import RangeSpec
-from .base import Chunks, Listing, ObjectInfo, ObjectReader, Staged, Storage, WriteSpec
+from .base import (
+    Chunks,
+    Listing,
+    ObjectInfo,
+    ObjectReader,
+    Staged,
+    Storage,
+    Uploads,
+    UploadSpec,
+    UploadState,
+    WriteSpec,
+)
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -49,6 +60,7 @@ class InstrumentedStorage(Storage):
     def __init__(self, backend: Storage) -> None:
         self.backend = backend
         self.name = backend.name
+        self.uploads = InstrumentedUploads(backend.uploads) if backend.uploads else None
 
     def __getattr__(self, name: str) -> Any:
         # What a backend has beyond the interface (a local sweep, say) stays reachable.
@@ -112,3 +124,38 @@ class InstrumentedStaged(Staged):
 
     async def discard(self) -> None:
         await self.staged.discard()
+
+
+class InstrumentedUploads(Uploads):
+    def __init__(self, uploads: Uploads) -> None:
+        self.uploads = uploads
+
+    async def create(self, spec: UploadSpec) -> UploadState:
+        with timed("upload_create"):
+            return await self.uploads.create(spec)
+
+    async def info(self, upload_id: str) -> UploadState:
+        with timed("upload_info"):
+            return await self.uploads.info(upload_id)
+
+    async def append(
+        self,
+        upload_id: str,
+        offset: int,
+        chunks: Chunks,
+        *,
+        checksum: tuple[str, bytes] | None = None,
+        length: int | None = None,
+    ) -> UploadState:
+        with timed("upload_append"):
+            return await self.uploads.append(
+                upload_id, offset, chunks, checksum=checksum, length=length
+            )
+
+    async def terminate(self, upload_id: str) -> None:
+        with timed("upload_terminate"):
+            await self.uploads.terminate(upload_id)
+
+    async def sweep(self) -> int:
+        with timed("upload_sweep"):
+            return await self.uploads.sweep()

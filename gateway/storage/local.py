@@ -30,13 +30,13 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aiofiles.os
 
-from ..digests import Digests, batched
+from ..digests import Digests, Hasher, batched
 from ..errors import BackendError, BackendUnavailable, NotFound
 from ..ranges import ByteRange, RangeSpec, resolve_range
 from ..settings import Settings
@@ -53,6 +53,8 @@ from .base import (
 )
 from .cursor import decode_cursor, encode_cursor
 from .local_index import Index, Row
+from .local_uploads import LocalUploads
+from .locking import open_locked
 from .writeback import start_writeback
 
 T = TypeVar("T")
@@ -63,7 +65,7 @@ WRITE_BATCH = 1024 * 1024  # bytes handed to the writer thread at a time
 READ_MIN, READ_MAX, READ_BUDGET = 1024 * 1024, 4 * 1024 * 1024, 16 * 1024 * 1024
 
 
-def _write_all(fd: int, chunks: list[Buffer], digests: Digests) -> None:
+def _write_all(fd: int, chunks: list[Buffer], digests: Hasher) -> None:
     """Hash and append a batch, then start its writeback: runs in a worker thread, and every
     call here releases the GIL."""
     digests.update(chunks)
@@ -83,20 +85,23 @@ def _write_all(fd: int, chunks: list[Buffer], digests: Digests) -> None:
 class LocalStorage(Storage):
     name = "local"
 
-    def __init__(self, root: Path, *, io_threads: int = 16):
+    def __init__(
+        self, root: Path, *, io_threads: int = 16, upload_expiry: timedelta = timedelta(hours=24)
+    ):
         self.root = root.resolve()
         self.blobs = self.root / "blobs"
         self.tmp = self.root / "tmp"
         self.index = Index(self.root / "index.sqlite3")
         self._io = ThreadPoolExecutor(io_threads, thread_name_prefix="gateway-io")
         self.readers = 0  # downloads in progress, which share READ_BUDGET
+        self.uploads = LocalUploads(self, upload_expiry)
 
     def read_size(self) -> int:
         return max(READ_MIN, min(READ_MAX, READ_BUDGET // max(1, self.readers)))
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "LocalStorage":
-        return cls(settings.data_dir)
+        return cls(settings.data_dir, upload_expiry=settings.upload_expiry)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
@@ -108,7 +113,7 @@ class LocalStorage(Storage):
 
     async def start(self) -> None:
         try:
-            for folder in (self.root, self.blobs, self.tmp):
+            for folder in (self.root, self.blobs, self.tmp, self.root / "uploads"):
                 await aiofiles.os.makedirs(folder, exist_ok=True)
             await self.index.open()
         except OSError as exc:
@@ -167,7 +172,15 @@ class LocalStorage(Storage):
         )
         return LocalStaged(self, blob, fd, info, spec.create_only)
 
-    async def _write(self, fd: int, chunks: Chunks, digests: Digests) -> None:
+    async def adopt(self, path: Path, locked_fd: int, info: ObjectInfo) -> ObjectInfo:
+        """Commit a complete file (a finished resumable upload) as the object `info`
+        describes, without copying it: it is linked into tmp/ and committed from there.
+        The caller holds the file's flock(), which keeps the sweep off the new link too."""
+        blob = await self._run(_link, path, self.tmp)
+        staged = LocalStaged(self, blob, os.dup(locked_fd), info, create_only=False)
+        return await staged.commit()
+
+    async def _write(self, fd: int, chunks: Chunks, digests: Hasher) -> None:
         """Stream `chunks` into `fd`: one batch is written while the next is received."""
         pending: asyncio.Future[None] | None = None
         try:
@@ -380,20 +393,22 @@ def _create_locked(folder: Path) -> tuple[str, int]:
         os.close(fd)
 
 
+def _link(source: Path, folder: Path) -> str:
+    """A new name for `source` in tmp/ (a hard link)."""
+    while True:
+        blob = uuid.uuid4().hex
+        with contextlib.suppress(FileExistsError):
+            os.link(source, folder / blob)
+            return blob
+
+
 def _lock_if_abandoned(path: str) -> int | None:
     """An fd holding the lock of a tmp file no live writer holds, or None."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
+        fd = open_locked(path, os.O_RDONLY)
+    except BlockingIOError:
         return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        os.close(fd)
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            return None
-        raise
-    if os.fstat(fd).st_nlink == 0:  # its writer removed it meanwhile
+    if fd is not None and os.fstat(fd).st_nlink == 0:  # its writer removed it meanwhile
         os.close(fd)
         return None
     return fd

@@ -45,6 +45,7 @@ from .base import Chunks, Listing, ObjectInfo, ObjectReader, Staged, Storage, Wr
 from .cursor import decode_cursor, encode_cursor
 from .s3_aborts import FIRST_TRY_WAIT, Aborter
 from .s3_upload import BufferPool, PartChecksum, S3Writer, Unsupported
+from .s3_uploads import S3Uploads
 
 MiB = 1024 * 1024
 MAX_PARTS = 10_000
@@ -98,6 +99,8 @@ class S3Storage(Storage):
         self.aborter = Aborter(
             self._abort_upload, min(FIRST_TRY_WAIT, settings.s3_read_timeout.total_seconds())
         )
+        self.resumable = S3Uploads(self, settings.upload_expiry)
+        self.uploads = self.resumable
         self._stack = AsyncExitStack()
         self._client: Any = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -181,11 +184,16 @@ class S3Storage(Storage):
     async def sweep(self, older_than: timedelta) -> None:
         """Abort multipart uploads that a crashed process left open for `older_than`."""
         cutoff = datetime.now(UTC) - older_than
+        resumable = await self.resumable.owned_multipart_uploads()
         params: dict[str, Any] = {}
         while True:
             page = await self.call("list_multipart_uploads", **params)
             for upload in page.get("Uploads", []):
-                if upload["Initiated"] < cutoff and not upload["Key"].startswith(RESERVED_PREFIX):
+                if (
+                    upload["Initiated"] < cutoff
+                    and upload["UploadId"] not in resumable
+                    and not upload["Key"].startswith(RESERVED_PREFIX)
+                ):
                     with contextlib.suppress(GatewayError):
                         await self.call(
                             "abort_multipart_upload", Key=upload["Key"], UploadId=upload["UploadId"]

@@ -77,16 +77,22 @@ def object_metadata(spec: WriteSpec, sha256: str = "") -> dict[str, str]:
     return metadata
 
 
-def _hash_part(part: io.BytesIO, digests: Digests, checksum: PartChecksum) -> dict[str, str]:
-    """Feed a part to the object's digests and return its own checksum header (runs in a
-    worker thread: hashlib and zlib release the GIL)."""
+def part_checksum(part: io.BytesIO, checksum: PartChecksum) -> dict[str, str]:
+    """A part's own checksum header, which S3 verifies."""
     with part.getbuffer() as view:
-        digests.update([view])
         if checksum == "md5":
             md5 = hashlib.md5(view, usedforsecurity=False).digest()
             return {"ContentMD5": base64.b64encode(md5).decode()}
         crc = zlib.crc32(view).to_bytes(4, "big")
         return {"ChecksumCRC32": base64.b64encode(crc).decode()}
+
+
+def _hash_part(part: io.BytesIO, digests: Digests, checksum: PartChecksum) -> dict[str, str]:
+    """Feed a part to the object's digests and return its own checksum header (runs in a
+    worker thread: hashlib and zlib release the GIL)."""
+    with part.getbuffer() as view:
+        digests.update([view])
+    return part_checksum(part, checksum)
 
 
 class S3Writer:
@@ -194,10 +200,17 @@ class S3SmallStaged(Staged):
 class S3Multipart(Staged):
     """A multipart upload: parts sent as they fill, completed at commit."""
 
-    def __init__(self, storage: "S3Storage", key: str, spec: WriteSpec):
+    def __init__(
+        self,
+        storage: "S3Storage",
+        key: str,
+        spec: WriteSpec,
+        upload_id: str | None = None,
+        parts: list[dict[str, Any]] | None = None,
+    ):
         self.storage, self.key, self.spec = storage, key, spec
-        self.upload_id: str | None = None
-        self.parts: list[dict[str, Any]] = []
+        self.upload_id = upload_id  # None until start(); given, to go on with an upload
+        self.parts: list[dict[str, Any]] = list(parts or [])
         self.in_flight: set[asyncio.Task[None]] = set()
         self.slots = asyncio.Semaphore(storage.concurrency)
         self._done = False
@@ -256,6 +269,10 @@ class S3Multipart(Staged):
             if task.done() and not task.cancelled() and (error := task.exception()):
                 raise error
 
+    async def drain_quietly(self) -> None:
+        """Wait for the parts in flight, whatever becomes of them."""
+        await asyncio.gather(*self.in_flight, return_exceptions=True)
+
     async def drain(self) -> None:
         """Wait for every part; raise the first failure."""
         while self.in_flight:
@@ -279,6 +296,19 @@ class S3Multipart(Staged):
 
     async def commit(self) -> ObjectInfo:
         assert not self._done, "already committed or discarded"
+        try:
+            return await self.complete()
+        except BaseException:
+            await asyncio.shield(self.abort())
+            raise
+
+    async def complete(self) -> ObjectInfo:
+        """Complete the upload as `self.info` describes it (not aborted if this fails)."""
+        etag, completed_at = await self.finish()
+        return await self.record_sha256(etag, completed_at)
+
+    async def finish(self) -> tuple[str, datetime | None]:
+        """CompleteMultipartUpload: the object's S3 ETag and when it was made."""
         params: dict[str, Any] = {
             "Key": self.key,
             "UploadId": self.upload_id,
@@ -286,15 +316,11 @@ class S3Multipart(Staged):
         }
         if self.spec.create_only:
             params["IfNoneMatch"] = "*"
-        try:
-            completed = await self.storage.call("complete_multipart_upload", **params)
-        except BaseException:
-            await asyncio.shield(self.abort())
-            raise
+        completed = await self.storage.call("complete_multipart_upload", **params)
         self._done = True
-        return await self._record_sha256(completed["ETag"], _response_date(completed))
+        return completed["ETag"], _response_date(completed)
 
-    async def _record_sha256(self, etag: str, completed_at: datetime | None) -> ObjectInfo:
+    async def record_sha256(self, etag: str, completed_at: datetime | None) -> ObjectInfo:
         info, storage = self.info, self.storage
         if storage.tagging:
             try:
