@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from gateway.errors import GatewayError
 from gateway.keys import key_for_filename, validate_key
 from tests.helpers import read_response
+from tests.robustness import tus
 from tests.robustness.conftest import MiB, Served
 from tests.robustness.raw import BOUNDARY
 
@@ -304,3 +305,58 @@ def test_an_unparsable_request_gets_a_problem(served: Served) -> None:
         sock.sendall(b"GET /objects HTTP/1.1\r\nHost: x\r\nContent-Length: ]X\r\n\r\n")
         answer = read_response(sock)
     assert answer.startswith(b"HTTP/1.1 400 ") and b"application/problem+json" in answer
+
+
+# --- tus headers ------------------------------------------------------------------------
+
+HEADER_VALUE = st.one_of(
+    st.integers(-5, 2**70).map(str),
+    st.sampled_from(["", "1", "0", "1.0.0", "0.2.2", "sha1 " + "A" * 28, "md5 !!", "+1", "0x1"]),
+    st.from_regex(r"[!-~][ -~]{0,40}", fullmatch=True).map(str.strip),
+)
+TUS_HEADERS = st.dictionaries(
+    st.sampled_from(
+        [
+            "Tus-Resumable",
+            "Upload-Length",
+            "Upload-Offset",
+            "Upload-Defer-Length",
+            "Upload-Metadata",
+            "Upload-Checksum",
+            "Upload-Concat",
+            "Content-Type",
+        ]
+    ),
+    HEADER_VALUE,
+)
+
+
+@pytest.fixture(scope="module")
+def tus_upload(served: Served) -> str:
+    return tus.create(served.url, 10, "tus-fuzzed")
+
+
+@given(
+    headers=TUS_HEADERS,
+    body=st.binary(max_size=20),
+    method=st.sampled_from(["POST", "PATCH", "HEAD"]),
+)
+@FUZZ
+def test_any_tus_headers(
+    served: Served,
+    http: httpx.Client,
+    tus_upload: str,
+    headers: dict[str, str],
+    body: bytes,
+    method: str,
+) -> None:
+    url = "/uploads/" if method == "POST" else tus_upload.removeprefix(served.url)
+    content = body if method != "HEAD" else None
+    response = http.request(method, url, headers=headers, content=content)
+    assert response.status_code < 500, response.text
+    assert response.headers.get("tus-resumable") == "1.0.0"
+    if response.status_code >= 400 and method != "HEAD":
+        assert response.headers["content-type"] == "application/problem+json", response.text
+    state = http.head(tus_upload, headers=tus.TUS)
+    assert state.status_code == 200
+    assert 0 <= int(state.headers["upload-offset"]) <= 10

@@ -18,6 +18,7 @@ import psutil
 import pytest
 
 from tests.helpers import read_response, wait_for
+from tests.robustness import tus
 from tests.robustness.conftest import FAST_TIMEOUTS, MiB, Served
 from tests.robustness.raw import (
     BOUNDARY,
@@ -218,3 +219,25 @@ def test_a_client_below_the_minimum_rate_is_closed(served: Served) -> None:
     assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
     assert time.monotonic() - started < BODY_IDLE_TIMEOUT + SLACK
     served.assert_clean("crawler")
+
+
+def test_a_stalled_tus_patch_keeps_what_arrived(served: Served) -> None:
+    data = os.urandom(3 * MiB)
+    upload = tus.create(served.url, len(data), "tus-stalled")
+    sock = connect(served)
+    sock.sendall(
+        f"PATCH {upload.removeprefix(served.url)} HTTP/1.1\r\nHost: x\r\n"
+        f"Tus-Resumable: 1.0.0\r\nContent-Type: {tus.CHUNK}\r\nUpload-Offset: 0\r\n"
+        f"Content-Length: {len(data)}\r\n\r\n".encode()
+        + data[:MiB]
+    )
+    started = time.monotonic()
+    answer = read_response(sock, timeout=BODY_IDLE_TIMEOUT + 2 * SLACK)
+    took = time.monotonic() - started
+    sock.close()
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+    assert took < BODY_IDLE_TIMEOUT + SLACK
+    assert tus.offset(upload) == MiB  # what arrived was kept, as for a client that left
+    assert tus.resume(upload, data).status_code == 204
+    assert httpx.get(f"{served.url}/objects/tus-stalled").content == data
+    assert httpx.delete(f"{served.url}/objects/tus-stalled").status_code == 204

@@ -24,6 +24,7 @@ from gateway.storage.local import LocalStorage
 from gateway.testing import MotoServer
 from tests.conftest import tmp_files
 from tests.helpers import wait_for
+from tests.robustness import tus
 from tests.robustness.conftest import MiB, Served, serve
 from tests.robustness.raw import file_part, form_head, put_head, staged
 
@@ -154,3 +155,46 @@ async def test_a_failing_disk_call_is_a_backend_error(
         monkeypatch.undo()
         assert raised.value.status == status
         assert tmp_files(tmp_path) == [] and await storage.index.get("k") is None
+
+
+def test_kill_9_mid_tus_patch_then_resume(
+    backend: tuple[str, MotoServer | None], tmp_path: Path
+) -> None:
+    """A tus upload outlives the process: after kill -9 and a restart, HEAD gives an offset
+    at least what was acknowledged and at most what was sent, and the upload resumes."""
+    name, moto = backend
+    data = os.urandom(20 * MiB + 3)
+    acknowledged, sent = 7 * MiB, 13 * MiB
+    with serve(name, tmp_path, moto) as served:
+        bucket = served.bucket
+        upload = tus.create(served.url, len(data), "resumed.bin")
+        assert tus.patch(upload, 0, data[:acknowledged]).status_code == 204
+        path = upload.removeprefix(served.url)
+        sock = socket.create_connection(("127.0.0.1", served.port))
+        sock.sendall(
+            f"PATCH {path} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\n"
+            f"Content-Type: {tus.CHUNK}\r\nUpload-Offset: {acknowledged}\r\n"
+            f"Content-Length: {len(data) - acknowledged}\r\n\r\n".encode()
+            + data[acknowledged:sent]
+        )
+        wait_for(
+            lambda: served.metric("gateway_bytes_received_total") >= sent - 8 * MiB,
+            what="the gateway to take the bytes",
+        )
+        kill(served)
+        sock.close()
+    with serve(name, tmp_path, moto, bucket=bucket or None) as served:
+        upload = served.url + path
+        assert acknowledged <= tus.offset(upload) <= sent
+        assert httpx.get(f"{served.url}/objects/resumed.bin").status_code == 404
+        # on S3 the dead process's lease on the upload runs out first (423 until then)
+        answers: list[int] = []
+
+        def resumed() -> bool:
+            answers.append(tus.resume(upload, data).status_code)
+            return answers[-1] != 423
+
+        wait_for(resumed, timeout=45, what="the upload to be free again")
+        assert answers[-1] == 204
+        assert httpx.get(f"{served.url}/objects/resumed.bin", timeout=30).content == data
+        served.assert_clean()

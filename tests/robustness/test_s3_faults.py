@@ -23,6 +23,7 @@ from gateway.testing import MotoServer
 from tests.conftest import s3_settings
 from tests.faults import FaultProxy
 from tests.helpers import wait_for
+from tests.robustness import tus
 from tests.robustness.conftest import FAST_TIMEOUTS, MiB, Served, serve
 
 READ_TIMEOUT = float(FAST_TIMEOUTS["GATEWAY_S3_READ_TIMEOUT"].removesuffix("s"))
@@ -274,3 +275,40 @@ async def test_s3_max_attempts_is_the_number_of_tries(
         with pytest.raises(BackendUnavailable):
             await storage.stat("anything")
         assert proxy.connections - before == attempts
+
+
+@pytest.mark.parametrize(
+    ("name", "faults", "ok"),
+    [
+        ("refused", {"refuse": True}, False),
+        ("reset", {"cut_after": 0}, False),
+        ("cut mid-part", {"cut_after": 512 * 1024}, False),
+        ("stalled", {"stall": True}, False),
+        ("part reply lost", {"lose_reply_to": b"partNumber=", "lose_limit": 1}, True),
+        ("slow", {"latency": 0.01}, True),
+    ],
+)
+def test_a_tus_patch_under_a_fault_resumes_from_its_durable_offset(
+    gw: Served, proxy: FaultProxy, name: str, faults: dict[str, Any], ok: bool
+) -> None:
+    key = "tus-" + name.replace(" ", "-")
+    upload = tus.create(gw.url, len(LARGE), key)
+    assert tus.patch(upload, 0, LARGE[: 6 * MiB]).status_code == 204
+    proxy.set(**faults)
+    started = time.monotonic()
+    response = tus.patch(upload, 6 * MiB, LARGE[6 * MiB :])
+    took = time.monotonic() - started
+    proxy.set()
+    if ok:
+        assert response.status_code == 204, response.text
+    else:
+        assert response.status_code in (502, 503), response.text
+        assert took < BOUND, f"answered after {took:.1f}s"
+        assert response.json()["code"] in ("backend-unavailable", "backend-error")
+        assert httpx.get(f"{gw.url}/objects/{key}", timeout=30).status_code == 404
+        # the client resumes from what the gateway kept, on the same process
+        assert 6 * MiB <= tus.offset(upload) < len(LARGE)
+        assert tus.resume(upload, LARGE).status_code == 204
+    assert httpx.get(f"{gw.url}/objects/{key}", timeout=30).content == LARGE
+    wait_for(lambda: gw.leftovers() == [], timeout=30, what="no open multipart upload")
+    assert "unhandled error" not in gw.gateway.log()
