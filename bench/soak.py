@@ -4,7 +4,8 @@
     python bench/soak.py --backend s3 --clients 16 --duration 20
     python bench/soak.py --write bench/RESULTS.md
 
-Each client owns a few keys and, at random, PUTs them (1 KiB to 12 MiB, raw or as a form),
+Each client owns a few keys and, at random, PUTs them (1 KiB to 12 MiB, raw, as a form or
+as a resumable upload in two PATCHes),
 GETs them whole or by a random Range, HEADs, lists or deletes them, and checks every answer
 against what it last stored (SHA-256 of whole bodies, exact bytes of ranges). At the end
 every object storage holds is read back and checked, the listing must name exactly the
@@ -16,6 +17,7 @@ Exits non-zero on any error; `--write` puts the figures in a section of the resu
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import hashlib
 import os
@@ -82,6 +84,7 @@ class Client:
         operations = [
             (self.put, 4),
             (self.form, 2),
+            (self.tus, 2),
             (self.get, 5),
             (self.range, 5),
             (self.head, 2),
@@ -116,6 +119,36 @@ class Client:
         )
         info = response.json()["objects"][0] if response.status_code == 201 else None
         self._check_stored(key, stored, response, 201, info)
+
+    async def tus(self, key: str) -> None:
+        """A resumable upload in two PATCHes."""
+        stored, data = self._new_body()
+        metadata = "key " + base64.b64encode(key.encode()).decode()
+        headers = {"Tus-Resumable": "1.0.0"}
+        created = await self.http.post(
+            "/uploads/",
+            headers={**headers, "Upload-Length": str(stored.size), "Upload-Metadata": metadata},
+        )
+        if created.status_code != 201:
+            self.tally.fail(f"tus create {key}: {created.status_code} {created.text[:200]}")
+            return
+        half = stored.size // 2
+        for offset, piece in ((0, data[:half]), (half, data[half:])):
+            patched = await self.http.patch(
+                created.headers["location"],
+                content=piece,
+                headers={
+                    **headers,
+                    "Upload-Offset": str(offset),
+                    "Content-Type": "application/offset+octet-stream",
+                },
+            )
+            if patched.status_code != 204:
+                self.tally.fail(f"tus patch {key}: {patched.status_code} {patched.text[:200]}")
+                self.stored.pop(key, None)
+                return
+        self.tally.bytes_up += stored.size
+        self.stored[key] = stored
 
     def _check_stored(
         self, key: str, stored: Stored, response: httpx.Response, status: int, info: Any
