@@ -39,6 +39,10 @@ def serve(settings: Settings, overrides: Mapping[str, Any]) -> None:
         "log_config": None,  # configure_logging did
         "log_level": settings.log_level,
         "timeout_graceful_shutdown": settings.shutdown_grace.total_seconds(),
+        # Longer than the clients' and proxies' own (nginx keeps idle upstream connections
+        # 60 s, httpx 5 s): a connection the gateway closes just as a client reuses it fails
+        # that request, and a POST or PATCH is not retried.
+        "timeout_keep_alive": settings.keep_alive_timeout.total_seconds(),
     }
     with multiprocess_metrics(settings.workers):
         if settings.workers == 1:

@@ -93,6 +93,10 @@ class Settings(BaseSettings):
         3, ge=1, le=10, description="s3 backend: tries of each S3 call (botocore's retries)"
     )
 
+    keep_alive_timeout: Duration = Field(
+        timedelta(seconds=75),
+        description="an idle connection is kept this long for the client's next request",
+    )
     header_timeout: Duration = Field(
         timedelta(seconds=30),
         description="a request's line and headers must arrive within this time",
@@ -145,6 +149,7 @@ class Settings(BaseSettings):
 
     @field_validator(
         "upload_expiry",
+        "keep_alive_timeout",
         "header_timeout",
         "body_idle_timeout",
         "s3_connect_timeout",

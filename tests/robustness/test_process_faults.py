@@ -8,9 +8,11 @@ files, open multipart uploads) is swept at the next start.
 
 import errno
 import os
+import select
 import signal
 import socket
 import subprocess
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ import httpx
 import pytest
 
 from gateway.errors import GatewayError
+from gateway.settings import Settings
 from gateway.storage.base import WriteSpec
 from gateway.storage.local import LocalStorage
 from gateway.testing import MotoServer
@@ -198,3 +201,20 @@ def test_kill_9_mid_tus_patch_then_resume(
         assert answers[-1] == 204
         assert httpx.get(f"{served.url}/objects/resumed.bin", timeout=30).content == data
         served.assert_clean()
+
+
+def test_idle_connections_are_kept_for_the_keep_alive_timeout(tmp_path: Path) -> None:
+    """uvicorn's 5 s, as short as httpx's own idle timeout, made the soak's clients send on
+    connections the gateway was closing; KEEP_ALIVE_TIMEOUT (75 s) reaches uvicorn."""
+    assert Settings().keep_alive_timeout.total_seconds() > 60  # nginx keeps them 60 s
+    with serve("local", tmp_path, None, {"GATEWAY_KEEP_ALIVE_TIMEOUT": "2s"}) as gw:
+        sock = socket.create_connection(("127.0.0.1", gw.port))
+        request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+        sock.sendall(request)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+        started = time.monotonic()
+        ready, _, _ = select.select([sock], [], [], 1.0)
+        assert not ready  # still open after a second
+        assert sock.recv(1, socket.MSG_PEEK) == b""  # closed by the gateway (blocks till then)
+        assert 1.0 <= time.monotonic() - started < 5
+        sock.close()
