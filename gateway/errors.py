@@ -10,6 +10,7 @@
     ├── Forbidden                     403 forbidden
     ├── NotFound                      404 not-found
     │   └── Gone                      410 not-found (a resumable upload that expired)
+    ├── RequestTimeout                408 bad-request
     ├── Conflict                      409 conflict
     │   ├── OffsetMismatch            409 conflict (a tus chunk for another offset)
     │   └── Locked                    423 conflict (a resumable upload another request holds)
@@ -88,6 +89,15 @@ class Gone(NotFound):
 class MethodNotAllowed(GatewayError):
     status, code = 405, "bad-request"
     default_detail = "The method is not allowed on this resource."
+
+
+class RequestTimeout(GatewayError):
+    status, code = 408, "bad-request"
+    default_detail = "The client sent the request body too slowly."
+
+    def __init__(self, detail: str | None = None):
+        # The rest of the body will not be read: the connection cannot be reused.
+        super().__init__(detail, headers={"Connection": "close"})
 
 
 class Conflict(GatewayError):

@@ -10,6 +10,8 @@ from starlette.requests import Request
 
 from .errors import BadRequest, InvalidKey, TooLarge
 from .keys import decode_path_key
+from .pacing import paced
+from .settings import Settings
 from .storage.base import Buffer, WriteSpec
 
 META_PREFIX = "x-meta-"
@@ -112,6 +114,15 @@ def too_large(limit: int) -> TooLarge:
     return TooLarge(
         f"This gateway stores objects of at most {limit} bytes.", headers={"Connection": "close"}
     )
+
+
+def client_body(request: Request) -> AsyncIterator[bytes]:
+    """The request body as it arrives, closed with 408 when the client sends too little for
+    too long (BODY_IDLE_TIMEOUT, BODY_MIN_RATE: see gateway.pacing)."""
+    settings: Settings = request.app.state.settings
+    window = settings.body_idle_timeout.total_seconds()
+    min_bytes = max(1, int(settings.body_min_rate * window))
+    return paced(request.stream(), window, min_bytes)
 
 
 async def limited(chunks: AsyncIterable[Buffer], limit: int) -> AsyncIterator[Buffer]:

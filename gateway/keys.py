@@ -16,6 +16,10 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _BAD_PERCENT = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 
 
+def has_control(text: str) -> bool:
+    return _CONTROL.search(text) is not None
+
+
 def validate_key(key: str) -> str:
     """Return `key` unchanged if it is a valid object key, else raise InvalidKey."""
     size = len(key.encode("utf-8", "surrogatepass"))

@@ -48,9 +48,15 @@ def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
+# An object's bytes go out with the Content-Type it was stored with, whatever that is.
+OBJECT_BYTES: dict[str, Any] = {
+    "description": "the object's bytes, with its own Content-Type",
+    "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
+}
+
 RAW_BODY: dict[str, Any] = {
     "requestBody": {
-        "required": True,
+        "required": False,  # no body stores an empty object
         "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
     }
 }
@@ -80,5 +86,35 @@ def form_body(*, key_fields: bool) -> dict[str, Any]:
                     }
                 }
             },
+        }
+    }
+
+
+def key_parameter(name: str = "key") -> dict[str, Any]:
+    """The `{key}` of a route's path, which the route reads from the raw path itself."""
+    return {
+        "parameters": [
+            {
+                "name": name,
+                "in": "path",
+                "required": True,
+                "description": "the object's key, percent-encoded where needed",
+                "schema": {"type": "string", "minLength": 1},
+            }
+        ]
+    }
+
+
+def object_links(key: str) -> dict[str, Any]:
+    """OpenAPI links from a response naming an object (`key`, a JSON pointer into its body)
+    to the operations on that object, for clients and for stateful testing."""
+    return {
+        "links": {
+            name: {"operationId": operation, "parameters": {"key": f"$response.body#{key}"}}
+            for name, operation in [
+                ("GetObject", "get_object"),
+                ("HeadObject", "head_object"),
+                ("DeleteObject", "delete_object"),
+            ]
         }
     }

@@ -1,6 +1,7 @@
 """Running the gateway: uvicorn with one process or several, and the safe-defaults check."""
 
 import contextlib
+import functools
 import ipaddress
 import os
 import sys
@@ -22,18 +23,26 @@ def serve(settings: Settings, overrides: Mapping[str, Any]) -> None:
     import uvicorn
 
     from .logs import configure_logging
+    from .protocol import GatewayHttpProtocol
 
     refuse_open_exposure(settings)
     configure_logging(settings.log_level, settings.log_format)
     options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
-        "http": "httptools",
+        # httptools, with a deadline on request heads (a partial: workers get it pickled)
+        "http": functools.partial(
+            GatewayHttpProtocol, head_timeout=settings.header_timeout.total_seconds()
+        ),
         "loop": "uvloop",
         "access_log": False,  # gateway.observe writes the access log
         "log_config": None,  # configure_logging did
         "log_level": settings.log_level,
         "timeout_graceful_shutdown": settings.shutdown_grace.total_seconds(),
+        # Longer than the clients' and proxies' own (nginx keeps idle upstream connections
+        # 60 s, httpx 5 s): a connection the gateway closes just as a client reuses it fails
+        # that request, and a POST or PATCH is not retried.
+        "timeout_keep_alive": settings.keep_alive_timeout.total_seconds(),
     }
     with multiprocess_metrics(settings.workers):
         if settings.workers == 1:

@@ -81,6 +81,37 @@ class Settings(BaseSettings):
     s3_part_checksum: Literal["crc32", "md5"] = Field(
         "crc32", description="s3 backend: integrity check S3 verifies on every part"
     )
+    s3_connect_timeout: Duration = Field(
+        timedelta(seconds=5), description="s3 backend: longest wait for a connection to S3"
+    )
+    s3_read_timeout: Duration = Field(
+        timedelta(seconds=20),
+        description="s3 backend: longest silence of S3 while sending it a part or awaiting "
+        "its answer",
+    )
+    s3_max_attempts: int = Field(
+        3, ge=1, le=10, description="s3 backend: tries of each S3 call (botocore's retries)"
+    )
+
+    keep_alive_timeout: Duration = Field(
+        timedelta(seconds=75),
+        description="an idle connection is kept this long for the client's next request",
+    )
+    header_timeout: Duration = Field(
+        timedelta(seconds=30),
+        description="a request's line and headers must arrive within this time",
+    )
+    body_idle_timeout: Duration = Field(
+        timedelta(seconds=60),
+        description="an upload whose client sends too little for this long (waiting on the "
+        "client only) is closed with 408",
+    )
+    body_min_rate: ByteSize = Field(
+        ByteSize(1024),
+        ge=0,
+        description="bytes per second an upload must send on average over each "
+        "BODY_IDLE_TIMEOUT (0: any byte will do)",
+    )
 
     tokens_file: Path | None = Field(None, description="JSON file of bearer tokens")
     signing_key: SecretStr | None = Field(None, description="secret for presigned URLs")
@@ -116,9 +147,16 @@ class Settings(BaseSettings):
             refuse_weak_secret(value.get_secret_value())
         return value
 
-    @field_validator("upload_expiry")
+    @field_validator(
+        "upload_expiry",
+        "keep_alive_timeout",
+        "header_timeout",
+        "body_idle_timeout",
+        "s3_connect_timeout",
+        "s3_read_timeout",
+    )
     @classmethod
-    def _positive_expiry(cls, value: timedelta) -> timedelta:
+    def _positive(cls, value: timedelta) -> timedelta:
         if value.total_seconds() <= 0:
             raise ValueError("must be positive")
         return value

@@ -6,8 +6,13 @@
         proxy.set()                               # heal: forward everything again
 
 Faults (any combination): `refuse` (accept and close at once), `cut_after` (reset after so
-many bytes client -> upstream), `latency` (seconds before each chunk is forwarded),
-`rate` (bytes per second, each direction), `stall` (stop forwarding, keep connections open).
+many bytes client -> upstream), `cut_reply_after` (reset after so many bytes upstream ->
+client), `lose_reply_to` (forward a request whose bytes hold this pattern, then reset the
+connection instead of passing its reply on: the upstream acted, the client never hears;
+`lose_limit` replies at most, if given),
+`latency` (seconds before each chunk is forwarded), `rate` (bytes per second, each
+direction), `stall` (a black hole: nothing passes, and the connections caught in it are
+reset when it ends).
 The proxy runs its own event loop in a thread, so sync and async tests can both use it.
 """
 
@@ -26,6 +31,9 @@ CHUNK = 65536
 class Faults:
     refuse: bool = False
     cut_after: int | None = None
+    cut_reply_after: int | None = None
+    lose_reply_to: bytes | None = None
+    lose_limit: int | None = None
     latency: float = 0.0
     rate: float | None = None
     stall: bool = False
@@ -37,6 +45,8 @@ class FaultProxy:
         self.faults = Faults()
         self.connections = 0
         self.cut = 0
+        self.lost_replies = 0
+        self.doomed = 0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.Server | None = None
@@ -50,6 +60,7 @@ class FaultProxy:
     def set(self, **faults: Any) -> None:
         """Replace the faults in force (none given: heal)."""
         self.faults = replace(Faults(), **faults)
+        self.doomed = 0
 
     def __enter__(self) -> "FaultProxy":
         self._thread.start()
@@ -84,10 +95,11 @@ class FaultProxy:
             _reset(writer)
             return
         self._writers.update((writer, up_writer))
+        doomed = asyncio.Event()  # set when this connection's next reply is to be lost
         try:
             await asyncio.gather(
-                self._pipe(reader, up_writer, writer, upstream=True),
-                self._pipe(up_reader, writer, up_writer, upstream=False),
+                self._pipe(reader, up_writer, writer, doomed, upstream=True),
+                self._pipe(up_reader, writer, up_writer, doomed, upstream=False),
             )
         finally:
             for each in (writer, up_writer):
@@ -100,6 +112,7 @@ class FaultProxy:
         source: asyncio.StreamReader,
         sink: asyncio.StreamWriter,
         other: asyncio.StreamWriter,
+        doomed: asyncio.Event,
         *,
         upstream: bool,
     ) -> None:
@@ -107,17 +120,31 @@ class FaultProxy:
         try:
             while data := await source.read(CHUNK):
                 faults = self.faults
-                while faults.stall:
-                    await asyncio.sleep(0.05)
-                    faults = self.faults
+                if faults.stall:
+                    while self.faults.stall:
+                        await asyncio.sleep(0.05)
+                    # a black hole: what it swallowed is lost, and so is the connection
+                    _reset(sink)
+                    _reset(other)
+                    return
                 if faults.latency:
                     await asyncio.sleep(faults.latency)
+                cut_at = faults.cut_after if upstream else faults.cut_reply_after
+                if cut_at is not None and sent + len(data) > cut_at:
+                    self.cut += 1
+                    _reset(sink)
+                    _reset(other)
+                    return
                 if (
                     upstream
-                    and faults.cut_after is not None
-                    and sent + len(data) > faults.cut_after
+                    and faults.lose_reply_to
+                    and faults.lose_reply_to in data
+                    and (faults.lose_limit is None or self.doomed < faults.lose_limit)
                 ):
-                    self.cut += 1
+                    self.doomed += 1
+                    doomed.set()
+                if not upstream and doomed.is_set():
+                    self.lost_replies += 1
                     _reset(sink)
                     _reset(other)
                     return

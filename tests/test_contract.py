@@ -240,6 +240,11 @@ async def test_listing_rejects_foreign_cursors(storage: Storage) -> None:
     await storage.put("x", chunks_of(b"."), WriteSpec())
     with pytest.raises(BadRequest):
         await storage.list(cursor="%%% not a cursor %%%")
+    # well-formed base64, but not a cursor the backend gave out (moto answered S3's
+    # ContinuationToken with a 500, which became a 502)
+    for forged in ("0" * 4096, "MDAw", "YWJj"):
+        with pytest.raises(BadRequest):
+            await storage.list(cursor=forged)
 
 
 async def test_check(storage: Storage) -> None:

@@ -10,7 +10,7 @@ from .. import keys  # noqa: F401  (registers the {key:key} convertor)
 from ..auth import OPENAPI_BEARER, authorize
 from ..deps import SettingsDep, StorageDep
 from ..intake import path_key
-from ..schemas import CompatUploadModel, form_body, problems
+from ..schemas import OBJECT_BYTES, CompatUploadModel, form_body, key_parameter, problems
 from .forms import store_form
 from .objects import serve_object
 
@@ -41,9 +41,10 @@ async def upload(request: Request, storage: StorageDep, settings: SettingsDep) -
 @router.get(
     "/download/{filename:key}",
     response_class=Response,
+    openapi_extra=key_parameter("filename"),
     responses={
-        200: {"content": {"application/octet-stream": {}}},
-        **problems(401, 403, 404, 412, 416),
+        200: OBJECT_BYTES,
+        **problems(400, 401, 403, 404, 412, 416),
     },
 )
 async def download(
@@ -58,7 +59,10 @@ async def download(
 
 
 @router.head(
-    "/download/{filename:key}", response_class=Response, responses=problems(401, 403, 404, 412, 416)
+    "/download/{filename:key}",
+    response_class=Response,
+    openapi_extra=key_parameter("filename"),
+    responses=problems(400, 401, 403, 404, 412, 416),
 )
 async def download_head(
     request: Request,

@@ -11,11 +11,22 @@ from .. import keys  # noqa: F401  (registers the {key:key} convertor)
 from ..auth import OPENAPI_BEARER, authorize
 from ..conditions import Outcome, evaluate, if_range_allows
 from ..deps import SettingsDep, StorageDep
-from ..errors import NotFound, PreconditionFailed, RangeNotSatisfiable
-from ..intake import check_declared_size, limited, path_key, write_spec
+from ..errors import BadRequest, NotFound, PreconditionFailed, RangeNotSatisfiable
+from ..intake import check_declared_size, client_body, limited, path_key, write_spec
+from ..keys import has_control
 from ..ranges import parse_range, resolve_range
 from ..responses import head_response, refusal, stream_response
-from ..schemas import RAW_BODY, ListingModel, ObjectInfoModel, ObjectsModel, form_body, problems
+from ..schemas import (
+    OBJECT_BYTES,
+    RAW_BODY,
+    ListingModel,
+    ObjectInfoModel,
+    ObjectsModel,
+    form_body,
+    key_parameter,
+    object_links,
+    problems,
+)
 from ..storage.base import ObjectReader, Storage
 from .forms import store_form
 
@@ -27,8 +38,12 @@ MOUNT = "/objects/"
 @router.put(
     KEY_PATH,
     status_code=201,
-    openapi_extra=RAW_BODY,
-    responses={201: {"model": ObjectInfoModel}, **problems(400, 401, 403, 412, 413)},
+    openapi_extra={**RAW_BODY, **key_parameter()},
+    operation_id="put_object",
+    responses={
+        201: {"model": ObjectInfoModel, **object_links("/key")},
+        **problems(400, 401, 403, 412, 413),
+    },
 )
 async def put_object(request: Request, storage: StorageDep, settings: SettingsDep) -> Response:
     """Store the raw request body at `key`, streamed."""
@@ -39,7 +54,7 @@ async def put_object(request: Request, storage: StorageDep, settings: SettingsDe
     spec = write_spec(request, key)
     if spec.create_only and await _exists(storage, key):
         raise PreconditionFailed("An object with this key exists (If-None-Match: *).")
-    info = await storage.put(key, limited(request.stream(), limit), spec)
+    info = await storage.put(key, limited(client_body(request), limit), spec)
     return JSONResponse(
         info.to_json(), 201, headers={"ETag": info.etag, "Location": object_url(request, info.key)}
     )
@@ -49,7 +64,11 @@ async def put_object(request: Request, storage: StorageDep, settings: SettingsDe
     "/objects",
     status_code=201,
     openapi_extra=form_body(key_fields=True),
-    responses={201: {"model": ObjectsModel}, **problems(400, 401, 403, 413)},
+    operation_id="post_objects",
+    responses={
+        201: {"model": ObjectsModel, **object_links("/objects/0/key")},
+        **problems(400, 401, 403, 413),
+    },
 )
 async def post_objects(request: Request, storage: StorageDep, settings: SettingsDep) -> Response:
     """Store the file parts of a multipart/form-data body, each streamed as it arrives."""
@@ -69,7 +88,7 @@ async def post_objects(request: Request, storage: StorageDep, settings: Settings
 @router.post(
     KEY_PATH,
     status_code=201,
-    openapi_extra=form_body(key_fields=False),
+    openapi_extra={**form_body(key_fields=False), **key_parameter()},
     responses={201: {"model": ObjectInfoModel}, **problems(400, 401, 403, 413)},
 )
 async def post_object(request: Request, storage: StorageDep, settings: SettingsDep) -> Response:
@@ -94,11 +113,13 @@ async def post_object(request: Request, storage: StorageDep, settings: SettingsD
 @router.get(
     KEY_PATH,
     response_class=Response,
+    openapi_extra=key_parameter(),
+    operation_id="get_object",
     responses={
-        200: {"content": {"application/octet-stream": {}}},
-        206: {},
+        200: OBJECT_BYTES,
+        206: OBJECT_BYTES,
         304: {},
-        **problems(401, 403, 404, 412, 416),
+        **problems(400, 401, 403, 404, 412, 416),
     },
 )
 async def get_object(
@@ -112,7 +133,13 @@ async def get_object(
     return await serve_object(request, storage, key, inline=disposition == "inline")
 
 
-@router.head(KEY_PATH, response_class=Response, responses=problems(401, 403, 404, 412, 416))
+@router.head(
+    KEY_PATH,
+    response_class=Response,
+    openapi_extra=key_parameter(),
+    operation_id="head_object",
+    responses=problems(400, 401, 403, 404, 412, 416),
+)
 async def head_object(
     request: Request,
     storage: StorageDep,
@@ -125,7 +152,12 @@ async def head_object(
 
 
 @router.delete(
-    KEY_PATH, status_code=204, response_class=Response, responses=problems(401, 403, 404)
+    KEY_PATH,
+    status_code=204,
+    response_class=Response,
+    openapi_extra=key_parameter(),
+    operation_id="delete_object",
+    responses=problems(400, 401, 403, 404),
 )
 async def delete_object(request: Request, storage: StorageDep) -> Response:
     key = path_key(request, MOUNT)
@@ -148,6 +180,9 @@ async def list_objects(
     principal = await authorize(request, "list")
     prefix = prefix or principal.prefix
     principal.require_prefix("list", prefix)
+    if delimiter and has_control(delimiter):
+        # no key holds one; and S3-compatible servers may fail on it in their XML
+        raise BadRequest("A delimiter may not hold control characters.")
     listing = await storage.list(prefix, delimiter or None, cursor or None, limit)
     return JSONResponse(
         {

@@ -12,6 +12,7 @@ from starlette.responses import Response
 from .. import presign
 from ..auth import OPENAPI_BEARER, authenticate, get_access
 from ..errors import BadRequest, NotFound, TooLarge
+from ..intake import client_body
 from ..keys import validate_key
 from ..schemas import problems
 from ..tokens import Scope
@@ -72,7 +73,7 @@ async def create_presigned_url(request: Request) -> Response:
 async def _small_body(request: Request) -> bytes:
     # Read by hand, after authentication and with a bound: FastAPI would buffer any size.
     chunks, size = [], 0
-    async for chunk in request.stream():
+    async for chunk in client_body(request):
         size += len(chunk)
         if size > MAX_BODY_BYTES:
             raise TooLarge(f"A presign request is at most {MAX_BODY_BYTES} bytes.")

@@ -23,7 +23,7 @@ from .. import tus
 from ..auth import OPENAPI_BEARER, authenticate, authorize
 from ..deps import SettingsDep, StorageDep
 from ..errors import BadRequest, GatewayError, NotFound, TooLarge, UnsupportedMediaType
-from ..intake import declared_size, guess_type, limited
+from ..intake import client_body, declared_size, guess_type, limited
 from ..metrics import tus_event
 from ..problems import problem
 from ..schemas import problems
@@ -81,11 +81,26 @@ class MethodOverride:
 _METHOD = re.compile(r"^[A-Z]{1,16}$")
 router = APIRouter(tags=["resumable uploads"], route_class=TusRoute, dependencies=[OPENAPI_BEARER])
 UPLOAD = "/uploads/{upload_id}"
+# Every request but OPTIONS names the protocol's version (else 412, before the token is
+# looked at); OPTIONS is how a client discovers the server, and needs no token.
+TUS_VERSION: dict[str, Any] = {
+    "parameters": [
+        {
+            "name": "Tus-Resumable",
+            "in": "header",
+            "required": True,
+            "schema": {"type": "string", "enum": [tus.VERSION]},
+        }
+    ]
+}
+# `{}` beside the bearer scheme: a token is optional (and then changes nothing)
+PUBLIC: dict[str, Any] = {"security": [{}]}
 PATCH_BODY = {
     "requestBody": {
         "required": True,
         "content": {tus.PATCH_CONTENT_TYPE: {"schema": {"type": "string", "format": "binary"}}},
-    }
+    },
+    **TUS_VERSION,
 }
 
 
@@ -102,8 +117,18 @@ def state_headers(state: UploadState) -> dict[str, str]:
     return headers
 
 
-@router.options("/uploads/", status_code=200, response_class=Response)
-@router.options(UPLOAD, status_code=200, response_class=Response)
+@router.options("/uploads/", status_code=200, response_class=Response, openapi_extra=PUBLIC)
+@router.options(
+    UPLOAD,
+    status_code=200,
+    response_class=Response,
+    openapi_extra={
+        **PUBLIC,
+        "parameters": [
+            {"name": "upload_id", "in": "path", "required": True, "schema": {"type": "string"}}
+        ],
+    },
+)
 async def options(settings: SettingsDep) -> Response:
     """What this server supports of tus."""
     # 200 rather than tus's example 204: both are allowed, and some checkers expect 200.
@@ -122,6 +147,7 @@ async def create(request: Request, storage: StorageDep, settings: SettingsDep) -
     bytes as the body (Content-Type: application/offset+octet-stream)."""
     headers = request.headers
     tus.check_version(headers)
+    await authenticate(request)  # 401 before anything else of the request is judged
     uploads = uploads_of(storage)
     length = tus.parse_number(headers.get("upload-length"), "Upload-Length")
     deferred = headers.get("upload-defer-length")
@@ -157,7 +183,12 @@ async def create(request: Request, storage: StorageDep, settings: SettingsDep) -
     return Response(status_code=201, headers={**location, **state_headers(state)})
 
 
-@router.head(UPLOAD, response_class=Response, responses=problems(401, 403, 404, 410, 412))
+@router.head(
+    UPLOAD,
+    response_class=Response,
+    openapi_extra=TUS_VERSION,
+    responses=problems(401, 403, 404, 410, 412),
+)
 async def head(upload_id: str, request: Request, storage: StorageDep) -> Response:
     """The upload's offset, length and metadata; X-Object-Key once it is complete."""
     state = await owned_upload(request, storage, upload_id)
@@ -183,6 +214,7 @@ async def patch(
 ) -> Response:
     """Append the body at Upload-Offset (Upload-Checksum verified when sent)."""
     tus.check_version(request.headers)
+    await authenticate(request)  # 401 before anything else of the request is judged
     if request.headers.get("content-type") != tus.PATCH_CONTENT_TYPE:
         raise UnsupportedMediaType(f"A PATCH body is {tus.PATCH_CONTENT_TYPE}.")
     offset = tus.parse_number(request.headers.get("upload-offset"), "Upload-Offset")
@@ -197,6 +229,7 @@ async def patch(
     UPLOAD,
     status_code=204,
     response_class=Response,
+    openapi_extra=TUS_VERSION,
     responses=problems(401, 403, 404, 410, 412, 423),
 )
 async def terminate(upload_id: str, request: Request, storage: StorageDep) -> Response:
@@ -230,7 +263,7 @@ async def append(
     declared = declared_size(request)
     if known is not None and declared is not None and offset + declared > known:
         raise TooLarge("The chunk goes past the upload's length.")
-    body = limited(request.stream(), int(settings.max_upload_bytes))
+    body = limited(client_body(request), int(settings.max_upload_bytes))
     after = await uploads.append(
         state.id,
         offset,

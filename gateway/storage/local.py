@@ -22,12 +22,13 @@ garbage is removed.
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import json
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -149,13 +150,13 @@ class LocalStorage(Storage):
     # --- writing ---------------------------------------------------------------------
 
     async def stage(self, key: str, chunks: Chunks, spec: WriteSpec) -> Staged:
-        blob, fd = await self._run(_create_locked, self.tmp)
+        blob, fd = await _written(self._run(_create_locked, self.tmp))
         path = self.tmp / blob
         digests = Digests(spec)
         try:
             await self._write(fd, chunks, digests)
             digests.verify()
-            await self._run(os.fsync, fd)
+            await _written(self._run(os.fsync, fd))
         except BaseException:
             await asyncio.shield(self._run(_unlink_and_close, path, fd))
             raise
@@ -369,10 +370,14 @@ class LocalReader(ObjectReader):
             os.close(self.fd)
 
 
-async def _written(pending: asyncio.Future[None]) -> None:
+async def _written(pending: Awaitable[T]) -> T:
+    """The result of a write to the data folder, its OSError turned into ours."""
     try:
-        await pending
+        return await pending
     except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            # room may be made: a retry later can succeed
+            raise BackendUnavailable("The storage has no room left.") from exc
         raise BackendError("The object could not be written.") from exc
 
 

@@ -43,12 +43,14 @@ from ..ranges import ByteRange, RangeSpec
 from ..settings import Settings
 from .base import Chunks, Listing, ObjectInfo, ObjectReader, Staged, Storage, WriteSpec
 from .cursor import decode_cursor, encode_cursor
+from .s3_aborts import FIRST_TRY_WAIT, Aborter
 from .s3_upload import BufferPool, PartChecksum, S3Writer, Unsupported
 from .s3_uploads import S3Uploads
 
 MiB = 1024 * 1024
 MAX_PARTS = 10_000
 PARTS_PER_PROCESS = 8  # part buffers held at once over all uploads (at least one upload's)
+SWEEP_INTERVAL = 600.0  # seconds between sweeps, at most
 HEAD_CONCURRENCY = 16  # HeadObject calls in flight while a listing page is filled in
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
 _UNREACHABLE_CODES = {"RequestTimeout", "ServiceUnavailable", "SlowDown"}
@@ -94,10 +96,14 @@ class S3Storage(Storage):
         self.part_checksum: PartChecksum = settings.s3_part_checksum
         self.tagging = True  # until the server says it has no object tagging
         self.buffers = BufferPool(max(PARTS_PER_PROCESS, self.concurrency + 1))
+        self.aborter = Aborter(
+            self._abort_upload, min(FIRST_TRY_WAIT, settings.s3_read_timeout.total_seconds())
+        )
         self.resumable = S3Uploads(self, settings.upload_expiry)
         self.uploads = self.resumable
         self._stack = AsyncExitStack()
         self._client: Any = None
+        self._sweeper: asyncio.Task[None] | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "S3Storage":
@@ -113,13 +119,19 @@ class S3Storage(Storage):
         config = Config(
             region_name=settings.s3_region,
             s3={"addressing_style": settings.s3_addressing_style},
-            # botocore's standard retries (throttling, 5xx, dropped connections), kept short
-            # so that a client learns of an unreachable backend within seconds
-            retries={"mode": "standard", "max_attempts": 3},
+            # botocore's standard retries (throttling, 5xx, dropped connections, timeouts),
+            # few and short, so that a client learns of a backend that is down or stalls
+            # within S3_MAX_ATTEMPTS x S3_READ_TIMEOUT and a few seconds of backoff
+            # (botocore's `max_attempts` counts the retries alone: `total_max_attempts` is
+            # the number of tries)
+            retries={"mode": "standard", "total_max_attempts": settings.s3_max_attempts},
             # every upload may have S3_MAX_CONCURRENCY parts in flight
             max_pool_connections=max(64, 16 * settings.s3_max_concurrency),
-            connect_timeout=5,
-            read_timeout=120,
+            connect_timeout=settings.s3_connect_timeout.total_seconds(),
+            # aiohttp starts the read timeout once a request is handed to the socket, whose
+            # buffers may still hold megabytes of a part: on a slow link, keep it well above
+            # the time they take to drain
+            read_timeout=settings.s3_read_timeout.total_seconds(),
             tcp_keepalive=True,
             # S3-compatible servers (older MinIO, Ceph, R2) do not all accept the
             # aws-chunked checksum trailers that botocore sends by default.
@@ -130,11 +142,27 @@ class S3Storage(Storage):
         self._client = await self._stack.enter_async_context(
             session.client("s3", endpoint_url=settings.s3_endpoint_url, config=config)
         )
+        self._client.meta.events.register_last("before-call.s3", _no_expect_continue)
         with contextlib.suppress(GatewayError):
             await self.sweep(older_than=settings.upload_expiry)
+        self._sweeper = asyncio.create_task(self._sweep_now_and_then())
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        await self.aborter.close()
         await self._stack.aclose()
+
+    async def _sweep_now_and_then(self) -> None:
+        """A CreateMultipartUpload that timed out, or whose answer was lost, may still have
+        created an upload nobody knows the id of: sweep while running, not only at start."""
+        expiry = self.settings.upload_expiry
+        while True:
+            await asyncio.sleep(min(expiry.total_seconds() / 4, SWEEP_INTERVAL))
+            with contextlib.suppress(GatewayError):
+                await self.sweep(older_than=expiry)
 
     async def call(self, operation: str, **params: Any) -> Any:
         """Call one S3 operation, with botocore's errors translated into the gateway's."""
@@ -149,6 +177,9 @@ class S3Storage(Storage):
 
     async def check(self) -> None:
         await self.call("head_bucket")
+
+    async def _abort_upload(self, key: str, upload_id: str) -> None:
+        await self.call("abort_multipart_upload", Key=key, UploadId=upload_id)
 
     async def sweep(self, older_than: timedelta) -> None:
         """Abort multipart uploads that a crashed process left open for `older_than`."""
@@ -292,6 +323,7 @@ class S3Reader(ObjectReader):
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body as aiohttp receives it. Its `read(n)` would join received chunks into
         blocks of n bytes: one more copy of every byte, for nothing."""
+        from aiohttp import ClientError
         from botocore.exceptions import BotoCoreError
 
         expected = self.range.length if self.range else self.info.size
@@ -300,7 +332,7 @@ class S3Reader(ObjectReader):
             while chunk := await self.body.content.readany():
                 received += len(chunk)
                 yield chunk
-        except (TimeoutError, BotoCoreError, OSError) as exc:
+        except (TimeoutError, BotoCoreError, ClientError, OSError) as exc:
             raise BackendError("The backend stopped sending the object.") from exc
         if received != expected:
             raise BackendError("The backend sent a shorter object than it announced.")
@@ -310,6 +342,13 @@ class S3Reader(ObjectReader):
             self._closed = True
             # An unread body cannot go back to the pool: close() drops its connection.
             self.body.close()
+
+
+def _no_expect_continue(params: dict[str, Any], **_: Any) -> None:
+    """botocore asks for `100 Continue` before sending a body, and aiohttp waits for it
+    without any timeout: an S3 that stalls would hold the request for ever. Bodies here are
+    one part at most, so sending them straight away costs little."""
+    params.get("headers", {}).pop("Expect", None)
 
 
 def _translate(exc: Any) -> GatewayError:

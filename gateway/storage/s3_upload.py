@@ -18,7 +18,6 @@ on condition that it is still the version just completed.
 
 import asyncio
 import base64
-import contextlib
 import hashlib
 import io
 import zlib
@@ -28,7 +27,7 @@ from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..digests import Digests
-from ..errors import BackendError, GatewayError, PreconditionFailed
+from ..errors import BackendError, PreconditionFailed
 from .base import ObjectInfo, Staged, WriteSpec
 
 if TYPE_CHECKING:
@@ -290,11 +289,7 @@ class S3Multipart(Staged):
             task.cancel()
         await asyncio.gather(*self.in_flight, return_exceptions=True)
         if self.upload_id is not None:
-            # should this fail too, the sweep (and the bucket's lifecycle rule) remove it
-            with contextlib.suppress(GatewayError):
-                await self.storage.call(
-                    "abort_multipart_upload", Key=self.key, UploadId=self.upload_id
-                )
+            await self.storage.aborter.abort(self.key, self.upload_id)
 
     async def discard(self) -> None:
         await asyncio.shield(self.abort())

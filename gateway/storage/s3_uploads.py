@@ -46,6 +46,7 @@ from ..errors import (
     NotFound,
     OffsetMismatch,
     PreconditionFailed,
+    RequestTimeout,
     TooLarge,
 )
 from ..keys import RESERVED_PREFIX
@@ -251,6 +252,7 @@ class S3Uploads(Uploads):
         hashes = [h for h in (object_hash, chunk_hash) if h is not None]
         received = 0
         keep = True
+        timed_out: RequestTimeout | None = None
         try:
             async for chunk in chunks:
                 received += len(chunk)
@@ -262,11 +264,13 @@ class S3Uploads(Uploads):
                 if buffer.tell() >= storage.part_size:
                     await self._send(upload, buffer)
                     buffer = io.BytesIO()
-        except (ClientDisconnect, ConnectionError):
+        except (ClientDisconnect, ConnectionError, RequestTimeout) as exc:
             keep = checksum is None  # what arrived counts, unless it cannot be verified
             if not keep:
                 raise
             object_hash = None
+            # a stalled client is told so, once what it sent is saved
+            timed_out = exc if isinstance(exc, RequestTimeout) else None
         except BaseException:
             keep = False
             raise
@@ -292,6 +296,8 @@ class S3Uploads(Uploads):
         }
         self.chains.keep(upload_id, offset, object_hash)
         await lease.save(record)
+        if timed_out is not None:
+            raise timed_out
         return record
 
     async def _send(self, upload: S3Multipart, part: io.BytesIO) -> None:
