@@ -361,3 +361,28 @@ async def test_uploads_share_a_bounded_pool_of_part_buffers(
         await s3.put("gone", body(20 * MiB, fail_at=11 * MiB), WriteSpec())
     assert held == []
     await s3.put("after", body(12 * MiB), WriteSpec())
+
+
+async def test_the_sweep_spares_uploads_this_process_is_sending(
+    s3: S3Storage, moto: MotoServer
+) -> None:
+    started = asyncio.Event()
+    resume = asyncio.Event()
+
+    async def paused_body() -> AsyncIterator[bytes]:
+        yield os.urandom(6 * MiB)  # a first part goes out: the multipart upload exists
+        started.set()
+        await resume.wait()
+        yield os.urandom(MiB)
+
+    task = asyncio.create_task(s3.put("in-flight", paused_body(), WriteSpec()))
+    await started.wait()
+    deadline = time.monotonic() + 20
+    while not open_uploads(moto, s3.bucket):
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
+    await s3.sweep(older_than=timedelta(seconds=-5))  # every upload counts as old
+    assert [u["Key"] for u in open_uploads(moto, s3.bucket)] == ["in-flight"]
+    resume.set()
+    assert (await task).size == 7 * MiB
+    assert open_uploads(moto, s3.bucket) == []

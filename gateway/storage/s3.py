@@ -99,6 +99,9 @@ class S3Storage(Storage):
         self.aborter = Aborter(
             self._abort_upload, min(FIRST_TRY_WAIT, settings.s3_read_timeout.total_seconds())
         )
+        # multipart uploads this process is sending: no sweep touches them, whatever age S3
+        # gives them (moto dates every upload 2010)
+        self.active: set[str] = set()
         self.resumable = S3Uploads(self, settings.upload_expiry)
         self.uploads = self.resumable
         self._stack = AsyncExitStack()
@@ -192,6 +195,7 @@ class S3Storage(Storage):
                 if (
                     upload["Initiated"] < cutoff
                     and upload["UploadId"] not in resumable
+                    and upload["UploadId"] not in self.active
                     and not upload["Key"].startswith(RESERVED_PREFIX)
                 ):
                     with contextlib.suppress(GatewayError):

@@ -225,6 +225,7 @@ class S3Multipart(Staged):
             params["ChecksumAlgorithm"] = "CRC32"
         response = await self.storage.call("create_multipart_upload", **params)
         self.upload_id = response["UploadId"]
+        self.storage.active.add(self.upload_id)
 
     async def send(self, checksum: dict[str, str], body: io.BytesIO, release: Release) -> None:
         """Start sending the next part; wait only while every slot is taken. `release`
@@ -289,6 +290,7 @@ class S3Multipart(Staged):
             task.cancel()
         await asyncio.gather(*self.in_flight, return_exceptions=True)
         if self.upload_id is not None:
+            self.storage.active.discard(self.upload_id)
             await self.storage.aborter.abort(self.key, self.upload_id)
 
     async def discard(self) -> None:
@@ -318,6 +320,7 @@ class S3Multipart(Staged):
             params["IfNoneMatch"] = "*"
         completed = await self.storage.call("complete_multipart_upload", **params)
         self._done = True
+        self.storage.active.discard(self.upload_id)
         return completed["ETag"], _response_date(completed)
 
     async def record_sha256(self, etag: str, completed_at: datetime | None) -> ObjectInfo:
