@@ -15,7 +15,7 @@ import asyncio
 import json
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 
 def _problem(status: int, title: str, detail: str) -> bytes:
@@ -49,6 +49,10 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._disarm()
         super().on_headers_complete()
+        cycle = self.cycle
+        if type(cycle) is RequestResponseCycle:  # a new request's, not an upgrade's
+            cycle.__class__ = _Cycle
+            cycle.body = _Body()  # type: ignore[assignment]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -76,3 +80,45 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if self.cycle is None or self.cycle.response_complete:  # no response under way
             self.transport.write(_TIMED_OUT)
         self.transport.close()
+
+
+class _Body:
+    """A request body as it arrived: the parser's chunks kept as they are. uvicorn appends
+    them to a bytearray, whose growth copies them again and again while the app is busy,
+    then copies it all once more into the message."""
+
+    __slots__ = ("chunks", "size")
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.size = 0
+
+    def __iadd__(self, chunk: bytes) -> "_Body":
+        self.chunks.append(chunk)
+        self.size += len(chunk)
+        return self
+
+    def __len__(self) -> int:
+        return self.size
+
+    def take(self) -> bytes:
+        chunks, self.chunks, self.size = self.chunks, [], 0
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+class _Cycle(RequestResponseCycle):
+    """uvicorn's request cycle, handing the app the chunks of a _Body."""
+
+    body: _Body  # type: ignore[assignment]
+
+    async def receive(self) -> Any:
+        if self.waiting_for_100_continue and not self.transport.is_closing():
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self.waiting_for_100_continue = False
+        if not self.disconnected and not self.response_complete:
+            self.flow.resume_reading()
+            await self.message_event.wait()
+            self.message_event.clear()
+        if self.disconnected or self.response_complete:
+            return {"type": "http.disconnect"}
+        return {"type": "http.request", "body": self.body.take(), "more_body": self.more_body}

@@ -64,10 +64,15 @@ def worker_app() -> "FastAPI":
 
 
 def serving_app(settings: Settings) -> "FastAPI":
+    import os as _os
+    import sys as _sys
+
+    if _os.environ.get("XSWITCH"):
+        _sys.setswitchinterval(float(_os.environ["XSWITCH"]))
     from .app import create_app
     from .tuning import tune_malloc
 
-    tune_malloc(mmap_threshold=4 * 1024 * 1024 if settings.backend == "s3" else None)
+    tune_malloc()
     try:
         return create_app(settings, handle_signals=True)
     except TokensFileError as exc:

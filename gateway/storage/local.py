@@ -65,10 +65,8 @@ WRITE_BATCH = 1024 * 1024  # bytes handed to the writer thread at a time
 READ_MIN, READ_MAX, READ_BUDGET = 1024 * 1024, 4 * 1024 * 1024, 16 * 1024 * 1024
 
 
-def _write_all(fd: int, chunks: list[Buffer], digests: Hasher) -> None:
-    """Hash and append a batch, then start its writeback: runs in a worker thread, and every
-    call here releases the GIL."""
-    digests.update(chunks)
+def _append(fd: int, chunks: list[Buffer]) -> None:
+    """Write a batch at the file's position and start its writeback (in a worker thread)."""
     views = [memoryview(chunk) for chunk in chunks if len(chunk)]
     while views:
         written = os.writev(fd, views[:1024])
@@ -181,21 +179,27 @@ class LocalStorage(Storage):
         return await staged.commit()
 
     async def _write(self, fd: int, chunks: Chunks, digests: Hasher) -> None:
-        """Stream `chunks` into `fd`: one batch is written while the next is received."""
-        pending: asyncio.Future[None] | None = None
+        """Stream `chunks` into `fd`: a batch is hashed in one worker thread and written in
+        another, both while the event loop receives the next batch. (hashlib and writev
+        release the GIL: the three run on separate cores when there are.)"""
+        loop = asyncio.get_running_loop()
+        running: list[asyncio.Future[None]] = []
         try:
             async for batch in batched(chunks, WRITE_BATCH):
-                if pending is not None:
-                    await _written(pending)
-                pending = asyncio.get_running_loop().run_in_executor(
-                    self._io, _write_all, fd, batch, digests
-                )
-            if pending is not None:
-                await _written(pending)
+                for future in running:
+                    await _written(future)
+                running = [
+                    loop.run_in_executor(self._io, digests.update, batch),
+                    loop.run_in_executor(self._io, _append, fd, batch),
+                ]
+            for future in running:
+                await _written(future)
         finally:
-            if pending is not None and not pending.done():
-                with contextlib.suppress(BaseException):
-                    await asyncio.shield(pending)
+            # Whatever became of the request, no thread may still use `fd` once it is closed.
+            for future in running:
+                if not future.done():
+                    with contextlib.suppress(BaseException):
+                        await asyncio.shield(future)
 
     def _publish(self, blob: str) -> None:
         """Move a committed blob from tmp/ into blobs/, durably (runs in a thread)."""

@@ -264,7 +264,8 @@ class LocalUploads(Uploads):
 
     def _remove(self, upload_id: str) -> None:
         self.chains.drop(upload_id)
-        for path in (self._record(upload_id), self._data(upload_id)):
+        # the bytes first: once the record is gone, nothing of the upload is left
+        for path in (self._data(upload_id), self._record(upload_id)):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
 
