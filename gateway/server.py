@@ -72,7 +72,7 @@ def serving_app(settings: Settings) -> "FastAPI":
     from .app import create_app
     from .tuning import tune_malloc
 
-    tune_malloc()
+    tune_malloc(keep_freed_heap=settings.backend == "local")
     try:
         return create_app(settings, handle_signals=True)
     except TokensFileError as exc:
