@@ -139,17 +139,26 @@ def test_a_resumable_upload_alternates_between_instances(
     data = os.urandom(20 * MiB + 5)
     tus = {"Tus-Resumable": "1.0.0"}
     with httpx.Client(base_url=nginx.url, timeout=60) as client:
-        created = client.post("/uploads/", headers={
-            **tus, "Upload-Length": str(len(data)), "Upload-Metadata": "key dHVzLWJpZw=="})
+        created = client.post(
+            "/uploads/",
+            headers={**tus, "Upload-Length": str(len(data)), "Upload-Metadata": "key dHVzLWJpZw=="},
+        )
         assert created.status_code == 201
         location = created.headers["location"]
         assert location.startswith(nginx.url)  # the URL the client used, not an instance's
         offset, turn = 0, 0
         while offset < len(data):
             chunk = data[offset : offset + 3 * MiB]
-            response = client.patch(location, content=chunk, headers={
-                **tus, "Upload-Offset": str(offset), "X-Request-ID": f"patch-{turn}",
-                "Content-Type": "application/offset+octet-stream"})
+            response = client.patch(
+                location,
+                content=chunk,
+                headers={
+                    **tus,
+                    "Upload-Offset": str(offset),
+                    "X-Request-ID": f"patch-{turn}",
+                    "Content-Type": "application/offset+octet-stream",
+                },
+            )
             assert response.status_code == 204, response.text
             offset += len(chunk)
             turn += 1
