@@ -65,10 +65,14 @@ class Unsupported(BackendError):
 
 
 def object_metadata(spec: WriteSpec, sha256: str = "") -> dict[str, str]:
-    """x-amz-meta-* of an object. S3 metadata is ASCII: values are percent-encoded."""
+    """x-amz-meta-* of an object. S3 metadata is ASCII: values are percent-encoded.
+
+    Spaces are encoded too: HTTP trims a header value's leading and trailing
+    whitespace, which would turn a filename "a " into "a".
+    """
     from urllib.parse import quote
 
-    safe = "/ !#$&'()*+,-.:;=?@[]^_`{|}~"
+    safe = "/!#$&'()*+,-.:;=?@[]^_`{|}~"
     metadata = {f"m-{name}": quote(value, safe=safe) for name, value in spec.metadata.items()}
     if spec.filename is not None:
         metadata["filename"] = quote(spec.filename, safe=safe)

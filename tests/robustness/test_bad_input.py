@@ -12,7 +12,7 @@ from urllib.parse import quote, unquote
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from gateway.errors import GatewayError
@@ -86,6 +86,8 @@ FILENAME = st.text(
 
 
 @given(filename=FILENAME)
+@example(filename="0 ")  # S3 trims metadata values: a trailing space was lost
+@example(filename=" lead")
 @FUZZ
 def test_any_filename_is_named_back_or_refused(
     served: Served, http: httpx.Client, filename: str
