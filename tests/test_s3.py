@@ -76,7 +76,7 @@ async def test_multipart_upload_stores_metadata_on_the_object(
     head = client.head_object(Bucket=s3.bucket, Key="clips/a.mp4")
     assert head["ContentLength"] == len(data) and head["ETag"].endswith('-4"')  # 4 parts
     assert head["ContentType"] == "video/mp4"
-    assert head["Metadata"] == {"filename": "na%C3%AFve clip.mp4", "m-owner": "zo%C3%AB"}
+    assert head["Metadata"] == {"filename": "na%C3%AFve%20clip.mp4", "m-owner": "zo%C3%AB"}
     tags = client.get_object_tagging(Bucket=s3.bucket, Key="clips/a.mp4")["TagSet"]
     assert {tag["Key"]: tag["Value"] for tag in tags} == {
         "sha256": info.sha256,

@@ -22,7 +22,11 @@ from tests.robustness import tus
 from tests.robustness.conftest import MiB, Served
 from tests.robustness.raw import BOUNDARY
 
-FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+FUZZ = settings(
+    max_examples=int(os.environ.get("FUZZ_EXAMPLES", "60")),
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+)
 KEY_TEXT = st.text(
     st.one_of(
         st.sampled_from("/.\\ %?#&+=;:\x00\x1f\x7f"),
@@ -53,14 +57,34 @@ def problem_code(response: httpx.Response) -> str:
     return code
 
 
+def put_verbatim(served: Served, path: str, body: bytes) -> httpx.Response:
+    """PUT to `path` as it is: httpx, like browsers, resolves the dot segments of a URL
+    (`/objects/.` becomes `/objects/`), which a client such as `curl --path-as-is` keeps."""
+    with socket.create_connection(("127.0.0.1", served.gateway.port)) as conn:
+        conn.sendall(
+            f"PUT {path} HTTP/1.1\r\nHost: gateway\r\nContent-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n".encode()
+            + body
+        )
+        head, _, content = read_response(conn).partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = [(name, value) for name, _, value in (line.partition(": ") for line in lines)]
+    return httpx.Response(int(status_line.split()[1]), headers=headers, content=content)
+
+
 @given(key=KEY_TEXT)
+@example(key=".")  # dot segments: the client would resolve them away
+@example(key="..")
 @FUZZ
 def test_any_key_is_stored_verbatim_or_refused(
     served: Served, http: httpx.Client, key: str
 ) -> None:
     path = "/objects/" + quote(key.encode("utf-8", "surrogatepass"), safe="")
     body = key.encode("utf-8", "surrogatepass") or b"empty"
-    response = http.put(path, content=body)
+    if key in (".", ".."):
+        response = put_verbatim(served, path, body)
+    else:
+        response = http.put(path, content=body)
     if not key:  # `/objects/` names no object: Starlette points at `/objects`
         assert response.status_code == 307
         return
