@@ -44,6 +44,7 @@ from ..settings import Settings
 from .base import Chunks, Listing, ObjectInfo, ObjectReader, Staged, Storage, WriteSpec
 from .cursor import decode_cursor, encode_cursor
 from .s3_aborts import FIRST_TRY_WAIT, Aborter
+from .s3_body import register_part_payload
 from .s3_upload import BufferPool, PartChecksum, S3Writer, Unsupported
 from .s3_uploads import S3Uploads
 
@@ -95,7 +96,9 @@ class S3Storage(Storage):
         self.concurrency = settings.s3_max_concurrency
         self.part_checksum: PartChecksum = settings.s3_part_checksum
         self.tagging = True  # until the server says it has no object tagging
-        self.buffers = BufferPool(max(PARTS_PER_PROCESS, self.concurrency + 1))
+        self.buffers = BufferPool(
+            max(PARTS_PER_PROCESS, self.concurrency + 1), keep=self.concurrency + 1
+        )
         self.aborter = Aborter(
             self._abort_upload, min(FIRST_TRY_WAIT, settings.s3_read_timeout.total_seconds())
         )
@@ -117,6 +120,8 @@ class S3Storage(Storage):
     async def start(self) -> None:
         import aioboto3
         from botocore.config import Config
+
+        register_part_payload()
 
         settings = self.settings
         config = Config(

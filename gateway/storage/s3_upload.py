@@ -19,16 +19,15 @@ on condition that it is still the version just completed.
 import asyncio
 import base64
 import hashlib
-import io
 import zlib
-from collections.abc import Callable
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..digests import Digests
 from ..errors import BackendError, PreconditionFailed
-from .base import ObjectInfo, Staged, WriteSpec
+from .base import Buffer, ObjectInfo, Staged, WriteSpec
+from .s3_body import PartBody
 
 if TYPE_CHECKING:
     from .s3 import S3Storage
@@ -36,28 +35,6 @@ if TYPE_CHECKING:
 PartChecksum = Literal["crc32", "md5"]
 MAX_COPY_BYTES = 5 * 1000**3  # the largest object one CopyObject may copy
 RESERVE_AT = 1024 * 1024  # a buffer this large takes one of the process's part buffers
-Release = Callable[[], None]
-
-
-class BufferPool:
-    """The part buffers a process may hold at once, over all its uploads, so that memory
-    stays bounded however many clients upload together: an upload whose buffer grows past
-    1 MiB waits for one of them, and TCP flow control holds its client meanwhile."""
-
-    def __init__(self, parts: int):
-        self._free = asyncio.Semaphore(parts)
-
-    async def reserve(self) -> Release:
-        await self._free.acquire()
-        released = False
-
-        def release() -> None:
-            nonlocal released
-            if not released:
-                released = True
-                self._free.release()
-
-        return release
 
 
 class Unsupported(BackendError):
@@ -81,22 +58,92 @@ def object_metadata(spec: WriteSpec, sha256: str = "") -> dict[str, str]:
     return metadata
 
 
-def part_checksum(part: io.BytesIO, checksum: PartChecksum) -> dict[str, str]:
+def part_checksum(data: Buffer, checksum: PartChecksum) -> dict[str, str]:
     """A part's own checksum header, which S3 verifies."""
-    with part.getbuffer() as view:
-        if checksum == "md5":
-            md5 = hashlib.md5(view, usedforsecurity=False).digest()
-            return {"ContentMD5": base64.b64encode(md5).decode()}
-        crc = zlib.crc32(view).to_bytes(4, "big")
-        return {"ChecksumCRC32": base64.b64encode(crc).decode()}
+    if checksum == "md5":
+        md5 = hashlib.md5(data, usedforsecurity=False).digest()
+        return {"ContentMD5": base64.b64encode(md5).decode()}
+    crc = zlib.crc32(data).to_bytes(4, "big")
+    return {"ChecksumCRC32": base64.b64encode(crc).decode()}
 
 
-def _hash_part(part: io.BytesIO, digests: Digests, checksum: PartChecksum) -> dict[str, str]:
+def _hash_part(data: Buffer, digests: Digests, checksum: PartChecksum) -> dict[str, str]:
     """Feed a part to the object's digests and return its own checksum header (runs in a
     worker thread: hashlib and zlib release the GIL)."""
-    with part.getbuffer() as view:
-        digests.update([view])
-    return part_checksum(part, checksum)
+    digests.update([data])
+    return part_checksum(data, checksum)
+
+
+class Part:
+    """One part's bytes, gathered chunk by chunk into memory reserved for a whole part.
+
+    The memory comes from the process's BufferPool and goes back to it, to be filled again
+    by a later part: a fresh 8 MiB buffer faults its pages in (on a virtual machine, as
+    costly as copying them), and a BytesIO copies again each time it grows. The part is
+    sent from that memory as it is (see gateway.storage.s3_body).
+    """
+
+    __slots__ = ("_pool", "memory", "size", "view")
+
+    def __init__(self, memory: bytearray, pool: "BufferPool | None" = None):
+        self.memory, self.view, self.size, self._pool = memory, memoryview(memory), 0, pool
+
+    @property
+    def full(self) -> bool:
+        return self.size == len(self.memory)
+
+    def fill(self, chunk: Buffer) -> int:
+        """Copy as much of `chunk` as fits; return how much that was."""
+        taken = min(len(chunk), len(self.memory) - self.size)
+        self.view[self.size : self.size + taken] = chunk[:taken]
+        self.size += taken
+        return taken
+
+    def data(self) -> memoryview:
+        return self.view[: self.size]
+
+    def body(self) -> PartBody:
+        """The part as a request body; it reads the part's memory, so the part is released
+        only once its request is done."""
+        return PartBody(self.data())
+
+    def release(self) -> None:
+        """Give the memory back to the pool (once; a part is not used after)."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.give_back(self.memory)
+
+
+class BufferPool:
+    """The part buffers a process may hold at once, over all its uploads, so that memory
+    stays bounded however many clients upload together: an upload whose body grows past
+    1 MiB waits for one of them, and TCP flow control holds its client meanwhile. Up to
+    `keep` freed buffers are kept for the next parts (one upload at full speed needs
+    parts in flight + 1); the others go back to the system."""
+
+    def __init__(self, parts: int, keep: int | None = None):
+        self._free = asyncio.Semaphore(parts)
+        self._spare: list[bytearray] = []
+        self.keep = parts if keep is None else keep
+        self.in_use = 0
+        self.peak = 0  # the most buffers ever reserved at once
+
+    async def reserve(self, size: int) -> Part:
+        await self._free.acquire()
+        self.in_use += 1
+        self.peak = max(self.peak, self.in_use)
+        for at, memory in enumerate(self._spare):
+            if len(memory) == size:
+                return Part(self._spare.pop(at), self)
+        if self._spare:  # of another part size: make room for the new one
+            self._spare.pop()
+        return Part(bytearray(size), self)
+
+    def give_back(self, memory: bytearray) -> None:
+        self.in_use -= 1
+        if len(self._spare) < self.keep:
+            self._spare.append(memory)
+        self._free.release()
 
 
 class S3Writer:
@@ -105,47 +152,66 @@ class S3Writer:
     def __init__(self, storage: "S3Storage", key: str, spec: WriteSpec, part_size: int):
         self.storage, self.key, self.spec, self.part_size = storage, key, spec, part_size
         self.digests = Digests(spec)
-        self.buffer = io.BytesIO()
-        self.release: Release | None = None  # of the pool buffer this one counts against
+        self.small = bytearray()  # a body's first bytes, until they reach RESERVE_AT
+        self.part: Part | None = None  # the part being gathered, in a pool buffer
         self.upload: S3Multipart | None = None
 
-    async def write(self, chunk: bytes | bytearray | memoryview) -> None:
-        if self.release is None and self.buffer.tell() + len(chunk) > RESERVE_AT:
-            self.release = await self.storage.buffers.reserve()
-        self.buffer.write(chunk)
-        if self.buffer.tell() >= self.part_size:
+    async def write(self, chunk: Buffer) -> None:
+        view = memoryview(chunk)
+        while view:
+            if self.part is None:
+                if self.upload is None and len(self.small) + len(view) <= RESERVE_AT:
+                    self.small += view
+                    return
+                self.part = await self.storage.buffers.reserve(self.part_size)
+                self.part.fill(self.small)  # RESERVE_AT is below any part size
+                self.small = bytearray()
+            view = view[self.part.fill(view) :]
+            if self.part.full:
+                part, self.part = self.part, None
+                await self._send(part)
+
+    async def _send(self, part: Part) -> None:
+        try:
+            checksum = await self._hash(part.data())
             if self.upload is None:
                 self.upload = S3Multipart(self.storage, self.key, self.spec)
                 await self.upload.start()
-            await self.upload.send(await self._hash(self.buffer), self.buffer, self._hand_over())
-            self.buffer = io.BytesIO()
+        except BaseException:
+            part.release()
+            raise
+        await self.upload.send(checksum, part)
 
-    def _hand_over(self) -> Release:
-        release, self.release = self.release or (lambda: None), None
-        return release
-
-    async def _hash(self, part: io.BytesIO) -> dict[str, str]:
+    async def _hash(self, data: Buffer) -> dict[str, str]:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
-            None, _hash_part, part, self.digests, self.storage.part_checksum
+            None, _hash_part, data, self.digests, self.storage.part_checksum
         )
 
     async def finish(self) -> Staged:
-        checksum = await self._hash(self.buffer)
-        if self.upload is None:
-            self.digests.verify()
-            return S3SmallStaged(
-                self.storage, self._info(), self.buffer, checksum, self.spec, self._hand_over()
-            )
-        if self.buffer.tell():
-            await self.upload.send(checksum, self.buffer, self._hand_over())
+        if self.upload is None:  # one PutObject, of a body shorter than a part
+            part, self.part = self.part, None
+            try:
+                data: Buffer = part.data() if part is not None else self.small
+                checksum = await self._hash(data)
+                self.digests.verify()
+            except BaseException:
+                if part is not None:
+                    part.release()
+                raise
+            return S3SmallStaged(self.storage, self._info(), self.small, part, checksum, self.spec)
+        if self.part is not None and self.part.size:
+            part, self.part = self.part, None
+            await self._send(part)
         await self.upload.drain()
         self.digests.verify()
         self.upload.info = self._info()
         return self.upload
 
     async def abort(self) -> None:
-        self._hand_over()()
+        if self.part is not None:
+            self.part.release()
+            self.part = None
         if self.upload is not None:
             await self.upload.abort()
 
@@ -164,25 +230,25 @@ class S3Writer:
 
 
 class S3SmallStaged(Staged):
-    """A body shorter than one part, held in memory until its PutObject."""
+    """A body shorter than one part, held in memory until its PutObject: below 1 MiB in
+    `small`, else in a pool buffer (`part`), released once the PutObject is done."""
 
     def __init__(
         self,
         storage: "S3Storage",
         info: ObjectInfo,
-        body: io.BytesIO,
+        small: bytearray,
+        part: Part | None,
         checksum: dict[str, str],
         spec: WriteSpec,
-        release: Release,
     ):
-        self.storage, self.info, self.body, self.checksum = storage, info, body, checksum
-        self.spec, self.release = spec, release
+        self.storage, self.info, self.small, self.part = storage, info, small, part
+        self.checksum, self.spec = checksum, spec
 
     async def commit(self) -> ObjectInfo:
-        self.body.seek(0)
         params: dict[str, Any] = {
             "Key": self.info.key,
-            "Body": self.body,
+            "Body": self.part.body() if self.part is not None else self.small,
             "ContentType": self.info.content_type,
             "Metadata": object_metadata(self.spec, self.info.sha256),
             **self.checksum,
@@ -192,13 +258,14 @@ class S3SmallStaged(Staged):
         try:
             response = await self.storage.call("put_object", **params)
         finally:
-            self.body = io.BytesIO()
-            self.release()
+            await self.discard()
         return _with_time(self.info, _response_date(response))
 
     async def discard(self) -> None:
-        self.body = io.BytesIO()
-        self.release()
+        self.small = bytearray()
+        if self.part is not None:
+            self.part.release()
+            self.part = None
 
 
 class S3Multipart(Staged):
@@ -231,34 +298,33 @@ class S3Multipart(Staged):
         self.upload_id = response["UploadId"]
         self.storage.active.add(self.upload_id)
 
-    async def send(self, checksum: dict[str, str], body: io.BytesIO, release: Release) -> None:
-        """Start sending the next part; wait only while every slot is taken. `release`
-        gives its buffer back to the pool once the part is sent (or not)."""
+    async def send(self, checksum: dict[str, str], part: Part) -> None:
+        """Start sending the next part; wait only while every slot is taken. The part's
+        buffer goes back to the pool once it is sent (or not)."""
         try:
             self._raise_failure()
             await self.slots.acquire()
         except BaseException:
-            release()
+            part.release()
             raise
         number = len(self.parts) + 1
         entry: dict[str, Any] = {"PartNumber": number}
         if "ChecksumCRC32" in checksum:
             entry["ChecksumCRC32"] = checksum["ChecksumCRC32"]
         self.parts.append(entry)
-        task = asyncio.create_task(self._upload(entry, body, checksum))
+        task = asyncio.create_task(self._upload(entry, part.body(), checksum))
         self.in_flight.add(task)
         task.add_done_callback(self.in_flight.discard)
         # done callbacks run even for a task cancelled before it started
-        task.add_done_callback(lambda _: self._part_done(release))
+        task.add_done_callback(lambda _: self._part_done(part))
 
-    def _part_done(self, release: Release) -> None:
+    def _part_done(self, part: Part) -> None:
         self.slots.release()
-        release()
+        part.release()
 
     async def _upload(
-        self, entry: dict[str, Any], body: io.BytesIO, checksum: dict[str, str]
+        self, entry: dict[str, Any], body: PartBody, checksum: dict[str, str]
     ) -> None:
-        body.seek(0)
         response = await self.storage.call(
             "upload_part",
             Key=self.key,

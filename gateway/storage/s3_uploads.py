@@ -24,7 +24,6 @@ unless the whole chunk matches.
 import asyncio
 import contextlib
 import hashlib
-import io
 import json
 import re
 import time
@@ -51,7 +50,7 @@ from ..errors import (
 )
 from ..keys import RESERVED_PREFIX
 from .base import Chunks, ObjectInfo, Uploads, UploadSpec, UploadState, WriteSpec
-from .s3_upload import S3Multipart, part_checksum
+from .s3_upload import Part, S3Multipart, part_checksum
 
 if TYPE_CHECKING:
     from .s3 import S3Storage
@@ -243,7 +242,7 @@ class S3Uploads(Uploads):
     ) -> dict[str, Any]:
         storage, upload_id = self.storage, record["id"]
         room = None if record["length"] is None else record["length"] - record["offset"]
-        buffer = await self._read_tail(record)
+        part: Part | None = await self._read_tail(record)
         upload = S3Multipart(
             storage, record["key"], _spec(record), record["upload_id"], record["parts"]
         )
@@ -254,45 +253,54 @@ class S3Uploads(Uploads):
         keep = True
         timed_out: RequestTimeout | None = None
         try:
-            async for chunk in chunks:
-                received += len(chunk)
-                if room is not None and received > room:
-                    raise TooLarge("The chunk goes past the upload's length.")
-                for hasher in hashes:
-                    hasher.update(chunk)
-                buffer.write(chunk)
-                if buffer.tell() >= storage.part_size:
-                    await self._send(upload, buffer)
-                    buffer = io.BytesIO()
-        except (ClientDisconnect, ConnectionError, RequestTimeout) as exc:
-            keep = checksum is None  # what arrived counts, unless it cannot be verified
-            if not keep:
+            try:
+                async for chunk in chunks:
+                    received += len(chunk)
+                    if room is not None and received > room:
+                        raise TooLarge("The chunk goes past the upload's length.")
+                    for hasher in hashes:
+                        hasher.update(chunk)
+                    view = memoryview(chunk)
+                    while view:
+                        if part is None:
+                            part = await self._reserve()
+                        view = view[part.fill(view) :]
+                        if part.full:
+                            full, part = part, None  # the upload's from now on
+                            await self._send(upload, full)
+            except (ClientDisconnect, ConnectionError, RequestTimeout) as exc:
+                keep = checksum is None  # what arrived counts, unless it cannot be verified
+                if not keep:
+                    raise
+                object_hash = None
+                # a stalled client is told so, once what it sent is saved
+                timed_out = exc if isinstance(exc, RequestTimeout) else None
+            except BaseException:
+                keep = False
                 raise
-            object_hash = None
-            # a stalled client is told so, once what it sent is saved
-            timed_out = exc if isinstance(exc, RequestTimeout) else None
-        except BaseException:
-            keep = False
-            raise
+            finally:
+                if not keep:
+                    await asyncio.shield(upload.drain_quietly())
+            if chunk_hash is not None and checksum and chunk_hash.digest() != checksum[1]:
+                await upload.drain_quietly()
+                raise ChunkChecksumMismatch()
+            offset = record["offset"] + received
+            last = record["length"] is not None and offset == record["length"]
+            if part is not None and last and (part.size or not upload.parts):
+                full, part = part, None
+                await self._send(upload, full)
+            await upload.drain()
+            tail = part.size if part is not None else 0
+            await self._write_tail(upload_id, part)
         finally:
-            if not keep:
-                await asyncio.shield(upload.drain_quietly())
-        if chunk_hash is not None and checksum and chunk_hash.digest() != checksum[1]:
-            await upload.drain_quietly()
-            raise ChunkChecksumMismatch()
-        offset = record["offset"] + received
-        last = record["length"] is not None and offset == record["length"]
-        if last and (buffer.tell() or not upload.parts):
-            await self._send(upload, buffer)
-            buffer = io.BytesIO()
-        await upload.drain()
-        await self._write_tail(upload_id, buffer)
+            if part is not None:
+                part.release()
         record = {
             **record,
             "offset": offset,
             "upload_id": upload.upload_id,
             "parts": upload.parts,
-            "tail": buffer.tell(),
+            "tail": tail,
         }
         self.chains.keep(upload_id, offset, object_hash)
         await lease.save(record)
@@ -300,28 +308,46 @@ class S3Uploads(Uploads):
             raise timed_out
         return record
 
-    async def _send(self, upload: S3Multipart, part: io.BytesIO) -> None:
-        if upload.upload_id is None:
-            await upload.start()
-        loop = asyncio.get_running_loop()
-        checksum = await loop.run_in_executor(None, part_checksum, part, self.storage.part_checksum)
-        await upload.send(checksum, part, await self.storage.buffers.reserve())
+    async def _reserve(self) -> Part:
+        return await self.storage.buffers.reserve(self.storage.part_size)
 
-    async def _read_tail(self, record: Mapping[str, Any]) -> io.BytesIO:
-        buffer = io.BytesIO()
-        if record["tail"]:
-            response = await self.storage.call("get_object", Key=self._key(record["id"], "tail"))
-            async with response["Body"] as body:
-                buffer.write(await body.read())
-            if buffer.tell() != record["tail"]:
-                raise Conflict("The upload's stored tail does not match its state.")
-        return buffer
+    async def _send(self, upload: S3Multipart, part: Part) -> None:
+        try:
+            if upload.upload_id is None:
+                await upload.start()
+            loop = asyncio.get_running_loop()
+            checksum = await loop.run_in_executor(
+                None, part_checksum, part.data(), self.storage.part_checksum
+            )
+        except BaseException:
+            part.release()
+            raise
+        await upload.send(checksum, part)
 
-    async def _write_tail(self, upload_id: str, buffer: io.BytesIO) -> None:
+    async def _read_tail(self, record: Mapping[str, Any]) -> Part:
+        """A part buffer holding the bytes a former request left short of a part."""
+        part = await self._reserve()
+        try:
+            if record["tail"]:
+                response = await self.storage.call(
+                    "get_object", Key=self._key(record["id"], "tail")
+                )
+                body = response["Body"]
+                async with body:
+                    while chunk := await body.read(1024 * 1024):
+                        if part.fill(chunk) < len(chunk):
+                            break
+                if part.size != record["tail"]:
+                    raise Conflict("The upload's stored tail does not match its state.")
+        except BaseException:
+            part.release()
+            raise
+        return part
+
+    async def _write_tail(self, upload_id: str, part: Part | None) -> None:
         key = self._key(upload_id, "tail")
-        if buffer.tell():
-            buffer.seek(0)
-            await self.storage.call("put_object", Key=key, Body=buffer)
+        if part is not None and part.size:
+            await self.storage.call("put_object", Key=key, Body=part.body())
         else:
             await self.storage.call("delete_object", Key=key)
 
