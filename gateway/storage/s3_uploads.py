@@ -291,7 +291,7 @@ class S3Uploads(Uploads):
                 await self._send(upload, full)
             await upload.drain()
             tail = part.size if part is not None else 0
-            await self._write_tail(upload_id, part)
+            await self._write_tail(upload_id, part, record["tail"])
         finally:
             if part is not None:
                 part.release()
@@ -303,7 +303,8 @@ class S3Uploads(Uploads):
             "tail": tail,
         }
         self.chains.keep(upload_id, offset, object_hash)
-        await lease.save(record)
+        # saved with the lease's release, or by `append` if what follows fails
+        lease.state = record
         if timed_out is not None:
             raise timed_out
         return record
@@ -344,11 +345,12 @@ class S3Uploads(Uploads):
             raise
         return part
 
-    async def _write_tail(self, upload_id: str, part: Part | None) -> None:
+    async def _write_tail(self, upload_id: str, part: Part | None, stored: int) -> None:
+        """Keep what falls short of a part in the tail object (`stored`: its size now)."""
         key = self._key(upload_id, "tail")
         if part is not None and part.size:
             await self.storage.call("put_object", Key=key, Body=part.body())
-        else:
+        elif stored:
             await self.storage.call("delete_object", Key=key)
 
     async def _complete(self, record: dict[str, Any]) -> dict[str, Any]:
