@@ -346,6 +346,22 @@ async def test_uploads_share_a_bounded_pool_of_part_buffers(
     await s3.put("after", body(12 * MiB), WriteSpec())
 
 
+async def test_freed_part_buffers_are_reused_then_given_back_when_idle(
+    s3: S3Storage, moto: MotoServer
+) -> None:
+    s3.buffers = pool = BufferPool(4, keep=2, idle=0.2)
+    await s3.put("first", body(12 * MiB), WriteSpec())
+    assert pool.spare == 2  # kept for the next parts
+    kept = list(pool._spare)
+    part = await pool.reserve(s3.part_size)
+    assert any(part.memory is memory for memory in kept)  # reused, not allocated anew
+    part.release()
+    deadline = asyncio.get_running_loop().time() + 10
+    while pool.spare and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.05)
+    assert pool.spare == 0  # nobody needed one for `idle` seconds
+
+
 async def test_the_sweep_spares_uploads_this_process_is_sending(
     s3: S3Storage, moto: MotoServer
 ) -> None:

@@ -117,19 +117,31 @@ class Part:
 class BufferPool:
     """The part buffers a process may hold at once, over all its uploads, so that memory
     stays bounded however many clients upload together: an upload whose body grows past
-    1 MiB waits for one of them, and TCP flow control holds its client meanwhile. Up to
-    `keep` freed buffers are kept for the next parts (one upload at full speed needs
-    parts in flight + 1); the others go back to the system."""
+    1 MiB waits for one of them, and TCP flow control holds its client meanwhile.
 
-    def __init__(self, parts: int, keep: int | None = None):
+    Up to `keep` freed buffers are kept for the next parts (one upload at full speed needs
+    parts in flight + 1), the others go back to the system at once, and the kept ones too
+    once no upload has needed a buffer for `idle` seconds."""
+
+    def __init__(self, parts: int, keep: int | None = None, idle: float = 10.0):
         self._free = asyncio.Semaphore(parts)
         self._spare: list[bytearray] = []
         self.keep = parts if keep is None else keep
+        self.idle = idle
+        self._idle_timer: asyncio.TimerHandle | None = None
         self.in_use = 0
         self.peak = 0  # the most buffers ever reserved at once
 
+    @property
+    def spare(self) -> int:
+        """Freed buffers kept for the next parts."""
+        return len(self._spare)
+
     async def reserve(self, size: int) -> Part:
         await self._free.acquire()
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
         self.in_use += 1
         self.peak = max(self.peak, self.in_use)
         for at, memory in enumerate(self._spare):
@@ -144,6 +156,13 @@ class BufferPool:
         if len(self._spare) < self.keep:
             self._spare.append(memory)
         self._free.release()
+        if self.in_use == 0 and self._spare and self._idle_timer is None:
+            loop = asyncio.get_running_loop()
+            self._idle_timer = loop.call_later(self.idle, self._drop_spares)
+
+    def _drop_spares(self) -> None:
+        self._idle_timer = None
+        self._spare.clear()
 
 
 class S3Writer:
