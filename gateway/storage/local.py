@@ -31,6 +31,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -52,6 +53,7 @@ from .base import (
     etag_for,
 )
 from .cursor import decode_cursor, encode_cursor
+from .direct import AlignedBuffers, Appender
 from .local_index import Index, Row
 from .local_uploads import LocalUploads
 from .locking import open_locked
@@ -92,6 +94,7 @@ class LocalStorage(Storage):
         self.index = Index(self.root / "index.sqlite3")
         self._io = ThreadPoolExecutor(io_threads, thread_name_prefix="gateway-io")
         self.readers = 0  # downloads in progress, which share READ_BUDGET
+        self.aligned = AlignedBuffers()  # for O_DIRECT writes
         self.uploads = LocalUploads(self, upload_expiry)
 
     def read_size(self) -> int:
@@ -178,19 +181,26 @@ class LocalStorage(Storage):
         staged = LocalStaged(self, blob, os.dup(locked_fd), info, create_only=False)
         return await staged.commit()
 
-    async def _write(self, fd: int, chunks: Chunks, digests: Hasher) -> None:
+    async def _write(
+        self, fd: int, chunks: Chunks, digests: Hasher, *, direct_from: int | None = None
+    ) -> None:
         """Stream `chunks` into `fd`: a batch is hashed in one worker thread and written in
         another, both while the event loop receives the next batch. (hashlib and writev
-        release the GIL: the three run on separate cores when there are.)"""
+        release the GIL: the three run on separate cores when there are.) With
+        `direct_from`, the chunks are appended from that offset with O_DIRECT where the
+        file system allows it (gateway.storage.direct); what was received is written even
+        when the stream breaks off."""
         loop = asyncio.get_running_loop()
         running: list[asyncio.Future[None]] = []
+        appender = None if direct_from is None else Appender(fd, direct_from, self.aligned)
+        append = partial(_append, fd) if appender is None else appender.append
         try:
             async for batch in batched(chunks, WRITE_BATCH):
                 for future in running:
                     await _written(future)
                 running = [
                     loop.run_in_executor(self._io, digests.update, batch),
-                    loop.run_in_executor(self._io, _append, fd, batch),
+                    loop.run_in_executor(self._io, append, batch),
                 ]
             for future in running:
                 await _written(future)
@@ -200,6 +210,8 @@ class LocalStorage(Storage):
                 if not future.done():
                     with contextlib.suppress(BaseException):
                         await asyncio.shield(future)
+            if appender is not None:
+                await _written(asyncio.shield(self._run(appender.finish)))
 
     def _publish(self, blob: str) -> None:
         """Move a committed blob from tmp/ into blobs/, durably (runs in a thread)."""

@@ -206,7 +206,9 @@ class LocalUploads(Uploads):
         object_hash = self.chains.take(upload_id, offset)
         chunk_hash = hashlib.new(checksum[0]) if checksum else None
         try:
-            await self.storage._write(fd, _at_most(chunks, room), _Hashes(object_hash, chunk_hash))
+            await self.storage._write(
+                fd, _at_most(chunks, room), _Hashes(object_hash, chunk_hash), direct_from=offset
+            )
         except BaseException as exc:
             # A refused request keeps nothing, nor does one that broke off before its bytes
             # could be checked against its Upload-Checksum.

@@ -1,0 +1,154 @@
+"""Appending a stream to a file with O_DIRECT, past the page cache.
+
+A buffered write() copies every byte into the page cache, into pages the kernel must find
+first. On a virtual machine whose host takes back the guest's free memory (virtio free
+page reporting), those pages fault in from the host again, and the copy then runs at a
+few hundred MB/s, slower than the disk: here, `dd bs=8M conv=fdatasync` wrote 1 GiB at
+352 MB/s into the page cache and at 1.8 GB/s with `oflag=direct`. Bytes written directly
+go from a buffer the process keeps (so its pages are already there) to the disk.
+
+O_DIRECT needs the file offset, the length and the memory of every write aligned to the
+device's block size: each batch of chunks is copied into an aligned buffer and written up
+to the last whole block; what is left over starts the next batch, and the last few bytes
+of a stream, like the bytes before the first block boundary when a stream starts
+mid-block (a resumable upload's next chunk), are written through the page cache. Where
+the file system refuses O_DIRECT (tmpfs, some FUSE file systems), everything is.
+"""
+
+import contextlib
+import errno
+import fcntl
+import mmap
+import os
+import threading
+from collections.abc import Sequence
+
+from .base import Buffer
+
+ALIGN = 4096  # a multiple of every common logical block size (512, 4096)
+KEEP = 8  # aligned buffers kept for the next streams
+
+
+class AlignedBuffers:
+    """Page-aligned buffers, kept for reuse: a fresh one faults its pages in."""
+
+    def __init__(self) -> None:
+        self._free: list[mmap.mmap] = []
+        self._lock = threading.Lock()
+        self.supported = hasattr(os, "O_DIRECT")  # until a file system says otherwise
+
+    def take(self, size: int) -> mmap.mmap:
+        with self._lock:
+            for at, buffer in enumerate(self._free):
+                if len(buffer) >= size:
+                    return self._free.pop(at)
+        return mmap.mmap(-1, -(-size // mmap.PAGESIZE) * mmap.PAGESIZE)
+
+    def give_back(self, buffer: mmap.mmap) -> None:
+        with self._lock:
+            if len(self._free) < KEEP:
+                self._free.append(buffer)
+                return
+        buffer.close()
+
+
+class Appender:
+    """Writes batches of chunks at the end of what it wrote so far, from `position`.
+
+    `append` and `finish` run in worker threads, one call at a time."""
+
+    def __init__(self, fd: int, position: int, buffers: AlignedBuffers):
+        self.fd, self.position, self.buffers = fd, position, buffers
+        self.direct = buffers.supported
+        self.carry = b""  # bytes short of a block, written with the next batch
+        self._buffer: mmap.mmap | None = None
+
+    def append(self, chunks: Sequence[Buffer]) -> None:
+        if not self.direct:
+            self._write_buffered(chunks)
+            return
+        head = -self.position % ALIGN
+        if head:  # the stream starts mid-block: through the page cache up to the boundary
+            data = b"".join([self.carry, *chunks])
+            self.carry = b""
+            self._write_buffered([memoryview(data)[:head]])
+            chunks = [memoryview(data)[head:]] if len(data) > head else []
+        total = len(self.carry) + sum(len(chunk) for chunk in chunks)
+        if not total:
+            return
+        buffer = self._buffer_for(total)
+        view = memoryview(buffer)
+        try:
+            at = len(self.carry)
+            view[:at] = self.carry
+            for chunk in chunks:
+                view[at : at + len(chunk)] = chunk
+                at += len(chunk)
+            whole = total - total % ALIGN
+            if whole and not self._write_direct(view[:whole]):
+                self._write_buffered([view[:total]])
+                self.carry = b""
+                return
+            self.carry = bytes(view[whole:total])
+        finally:
+            view.release()
+
+    def finish(self) -> None:
+        """Write what is left (through the page cache); give the buffer back."""
+        try:
+            if self.carry:
+                self._write_buffered([self.carry])
+                self.carry = b""
+        finally:
+            if self._buffer is not None:
+                self.buffers.give_back(self._buffer)
+                self._buffer = None
+            os.lseek(self.fd, self.position, os.SEEK_SET)
+
+    def _buffer_for(self, size: int) -> mmap.mmap:
+        if self._buffer is None or len(self._buffer) < size:
+            if self._buffer is not None:
+                self.buffers.give_back(self._buffer)
+            self._buffer = self.buffers.take(size)
+        return self._buffer
+
+    def _write_direct(self, data: memoryview) -> bool:
+        """Write whole blocks with O_DIRECT; False, having written nothing for good, if the
+        file system does not take it."""
+        start = self.position
+        try:
+            _set_direct(self.fd, True)
+        except OSError:
+            self.direct = self.buffers.supported = False
+            return False
+        try:
+            self._pwrite_all(data)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            # a block size above ALIGN, or a file system that takes the flag but not
+            # the writes: the caller writes the same bytes at the same place, buffered
+            self.position = start
+            self.direct = self.buffers.supported = False
+            return False
+        finally:
+            with contextlib.suppress(OSError):
+                _set_direct(self.fd, False)
+        return True
+
+    def _write_buffered(self, chunks: Sequence[Buffer]) -> None:
+        for chunk in chunks:
+            self._pwrite_all(memoryview(chunk))
+
+    def _pwrite_all(self, data: memoryview) -> None:
+        while data:
+            written = os.pwrite(self.fd, data, self.position)
+            self.position += written
+            data = data[written:]
+
+
+def _set_direct(fd: int, on: bool) -> None:
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    wanted = flags | os.O_DIRECT if on else flags & ~os.O_DIRECT
+    if wanted != flags:
+        fcntl.fcntl(fd, fcntl.F_SETFL, wanted)

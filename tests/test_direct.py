@@ -1,0 +1,109 @@
+"""O_DIRECT appends (gateway.storage.direct): whatever the chunk sizes and the offset a
+stream starts at, the file holds exactly the bytes, on a file system that takes O_DIRECT
+and on one that does not."""
+
+import errno
+import fcntl
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gateway.storage import direct
+from gateway.storage.direct import ALIGN, AlignedBuffers, Appender
+
+MiB = 1024 * 1024
+
+
+def append_all(
+    path: Path, start: bytes, batches: list[list[bytes]], buffers: AlignedBuffers
+) -> bool:
+    """Write `start` plainly, then append the batches; whether O_DIRECT was used."""
+    path.write_bytes(start)
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        appender = Appender(fd, len(start), buffers)
+        for batch in batches:
+            appender.append(batch)
+        appender.finish()
+        assert os.lseek(fd, 0, os.SEEK_CUR) == appender.position
+        return appender.direct
+    finally:
+        os.close(fd)
+
+
+def pieces(data: bytes, sizes: list[int]) -> Iterator[bytes]:
+    at = 0
+    for size in sizes:
+        yield data[at : at + size]
+        at += size
+    if at < len(data):
+        yield data[at:]
+
+
+@given(
+    start=st.integers(0, 3 * ALIGN),
+    sizes=st.lists(st.integers(1, 3 * ALIGN + 7), max_size=12),
+    per_batch=st.integers(1, 4),
+)
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+def test_appends_hold_exactly_the_bytes(
+    tmp_path: Path, start: int, sizes: list[int], per_batch: int
+) -> None:
+    head = os.urandom(start)
+    body = os.urandom(sum(sizes))
+    chunks = list(pieces(body, sizes))
+    batches = [chunks[at : at + per_batch] for at in range(0, len(chunks), per_batch)]
+    path = tmp_path / "data.bin"
+    append_all(path, head, batches, AlignedBuffers())
+    assert path.read_bytes() == head + body
+
+
+def o_direct_works(folder: Path) -> bool:
+    probe = folder / "probe"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_DIRECT)
+    except (AttributeError, OSError):
+        return False
+    os.close(fd)
+    probe.unlink()
+    return True
+
+
+def test_large_appends_go_past_the_page_cache_where_they_can(tmp_path: Path) -> None:
+    body = os.urandom(3 * MiB + 5)
+    batches = [[body[:MiB]], [body[MiB : 2 * MiB + 3]], [body[2 * MiB + 3 :]]]
+    direct = append_all(tmp_path / "data.bin", b"", batches, AlignedBuffers())
+    assert (tmp_path / "data.bin").read_bytes() == body
+    assert direct == o_direct_works(tmp_path)
+
+
+@pytest.mark.parametrize("refusal", ["the flag", "the write"])
+def test_a_file_system_that_refuses_o_direct_gets_plain_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, refusal: str
+) -> None:
+    def refuse(*_: object) -> None:
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    if refusal == "the flag":
+        monkeypatch.setattr(direct, "_set_direct", refuse)
+    else:  # the flag is taken, the first direct write is not (a block size above ALIGN)
+        real_pwrite = os.pwrite
+
+        def pwrite(fd: int, data: memoryview, position: int) -> int:
+            if fcntl.fcntl(fd, fcntl.F_GETFL) & getattr(os, "O_DIRECT", 0):
+                raise OSError(errno.EINVAL, "Invalid argument")
+            return real_pwrite(fd, data, position)
+
+        monkeypatch.setattr(os, "pwrite", pwrite)
+    buffers = AlignedBuffers()
+    body = os.urandom(2 * MiB + 11)
+    path = tmp_path / "data.bin"
+    used = append_all(path, b"x" * 10, [[body[: ALIGN * 100]], [body[ALIGN * 100 :]]], buffers)
+    assert path.read_bytes() == b"x" * 10 + body
+    assert not used and not buffers.supported  # and the next streams do not try again
