@@ -8,7 +8,7 @@ client sent Content-MD5; the ETag comes from the SHA-256.
 import hashlib
 import hmac
 from collections import OrderedDict
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from typing import Any, Protocol
 
 from .errors import ChecksumMismatch
@@ -55,14 +55,16 @@ class Digests:
             raise ChecksumMismatch("The body does not match its X-Checksum-SHA256.")
 
 
-async def batched(chunks: AsyncIterable[Buffer], size: int) -> AsyncIterator[list[Buffer]]:
-    """Group chunks into lists of at least `size` bytes (the last may be shorter)."""
+async def batched(
+    chunks: AsyncIterable[Buffer], size: Callable[[], int]
+) -> AsyncIterator[list[Buffer]]:
+    """Group chunks into lists of at least `size()` bytes (the last may be shorter)."""
     batch: list[Buffer] = []
     held = 0
     async for chunk in chunks:
         batch.append(chunk)
         held += len(chunk)
-        if held >= size:
+        if held >= size():
             yield batch
             batch, held = [], 0
     if batch:

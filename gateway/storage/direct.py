@@ -26,15 +26,18 @@ from collections.abc import Sequence
 from .base import Buffer
 
 ALIGN = 4096  # a multiple of every common logical block size (512, 4096)
-KEEP = 8  # aligned buffers kept for the next streams
+WRITERS = 4  # direct writes at once in the process: the disk gains nothing from more
 
 
 class AlignedBuffers:
-    """Page-aligned buffers, kept for reuse: a fresh one faults its pages in."""
+    """Page-aligned buffers, lent to one write at a time and kept for the next (a fresh
+    one faults its pages in). At most WRITERS are lent at once, so that however many
+    uploads append together, this memory stays at WRITERS batches."""
 
     def __init__(self) -> None:
         self._free: list[mmap.mmap] = []
         self._lock = threading.Lock()
+        self.writers = threading.BoundedSemaphore(WRITERS)
         self.supported = hasattr(os, "O_DIRECT")  # until a file system says otherwise
 
     def take(self, size: int) -> mmap.mmap:
@@ -42,11 +45,13 @@ class AlignedBuffers:
             for at, buffer in enumerate(self._free):
                 if len(buffer) >= size:
                     return self._free.pop(at)
+            if self._free:  # too small: a larger one replaces it
+                self._free.pop().close()
         return mmap.mmap(-1, -(-size // mmap.PAGESIZE) * mmap.PAGESIZE)
 
     def give_back(self, buffer: mmap.mmap) -> None:
         with self._lock:
-            if len(self._free) < KEEP:
+            if len(self._free) < WRITERS:
                 self._free.append(buffer)
                 return
         buffer.close()
@@ -61,7 +66,6 @@ class Appender:
         self.fd, self.position, self.buffers = fd, position, buffers
         self.direct = buffers.supported
         self.carry = b""  # bytes short of a block, written with the next batch
-        self._buffer: mmap.mmap | None = None
 
     def append(self, chunks: Sequence[Buffer]) -> None:
         if not self.direct:
@@ -76,41 +80,33 @@ class Appender:
         total = len(self.carry) + sum(len(chunk) for chunk in chunks)
         if not total:
             return
-        buffer = self._buffer_for(total)
-        view = memoryview(buffer)
-        try:
-            at = len(self.carry)
-            view[:at] = self.carry
-            for chunk in chunks:
-                view[at : at + len(chunk)] = chunk
-                at += len(chunk)
-            whole = total - total % ALIGN
-            if whole and not self._write_direct(view[:whole]):
-                self._write_buffered([view[:total]])
-                self.carry = b""
-                return
-            self.carry = bytes(view[whole:total])
-        finally:
-            view.release()
+        with self.buffers.writers:
+            buffer = self.buffers.take(total)
+            view = memoryview(buffer)
+            try:
+                at = len(self.carry)
+                view[:at] = self.carry
+                for chunk in chunks:
+                    view[at : at + len(chunk)] = chunk
+                    at += len(chunk)
+                whole = total - total % ALIGN
+                if whole and not self._write_direct(view[:whole]):
+                    self._write_buffered([view[:total]])
+                    self.carry = b""
+                    return
+                self.carry = bytes(view[whole:total])
+            finally:
+                view.release()
+                self.buffers.give_back(buffer)
 
     def finish(self) -> None:
-        """Write what is left (through the page cache); give the buffer back."""
+        """Write what is left, through the page cache."""
         try:
             if self.carry:
                 self._write_buffered([self.carry])
                 self.carry = b""
         finally:
-            if self._buffer is not None:
-                self.buffers.give_back(self._buffer)
-                self._buffer = None
             os.lseek(self.fd, self.position, os.SEEK_SET)
-
-    def _buffer_for(self, size: int) -> mmap.mmap:
-        if self._buffer is None or len(self._buffer) < size:
-            if self._buffer is not None:
-                self.buffers.give_back(self._buffer)
-            self._buffer = self.buffers.take(size)
-        return self._buffer
 
     def _write_direct(self, data: memoryview) -> bool:
         """Write whole blocks with O_DIRECT; False, having written nothing for good, if the

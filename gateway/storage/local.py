@@ -61,7 +61,10 @@ from .writeback import start_writeback
 
 T = TypeVar("T")
 
-WRITE_BATCH = 1024 * 1024  # bytes handed to the writer thread at a time
+# Uploads hand their bytes to the writer thread in batches of 256 KiB to 1 MiB: larger
+# batches cost fewer trips to the thread, and a budget shrinks them as more uploads share
+# the process (each holds about two batches), so memory stays bounded.
+WRITE_MIN, WRITE_MAX, WRITE_BUDGET = 256 * 1024, 1024 * 1024, 8 * 1024 * 1024
 # Downloads read in chunks of 1 to 4 MiB: larger chunks serve one client faster, and the
 # budget shrinks them as more downloads share the process, so memory stays bounded.
 READ_MIN, READ_MAX, READ_BUDGET = 1024 * 1024, 4 * 1024 * 1024, 16 * 1024 * 1024
@@ -94,11 +97,15 @@ class LocalStorage(Storage):
         self.index = Index(self.root / "index.sqlite3")
         self._io = ThreadPoolExecutor(io_threads, thread_name_prefix="gateway-io")
         self.readers = 0  # downloads in progress, which share READ_BUDGET
+        self.writers = 0  # uploads in progress, which share WRITE_BUDGET
         self.aligned = AlignedBuffers()  # for O_DIRECT writes
         self.uploads = LocalUploads(self, upload_expiry)
 
     def read_size(self) -> int:
         return max(READ_MIN, min(READ_MAX, READ_BUDGET // max(1, self.readers)))
+
+    def write_batch(self) -> int:
+        return max(WRITE_MIN, min(WRITE_MAX, WRITE_BUDGET // max(1, self.writers)))
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "LocalStorage":
@@ -194,8 +201,9 @@ class LocalStorage(Storage):
         running: list[asyncio.Future[None]] = []
         appender = None if direct_from is None else Appender(fd, direct_from, self.aligned)
         append = partial(_append, fd) if appender is None else appender.append
+        self.writers += 1
         try:
-            async for batch in batched(chunks, WRITE_BATCH):
+            async for batch in batched(chunks, self.write_batch):
                 for future in running:
                     await _written(future)
                 running = [
@@ -205,6 +213,7 @@ class LocalStorage(Storage):
             for future in running:
                 await _written(future)
         finally:
+            self.writers -= 1
             # Whatever became of the request, no thread may still use `fd` once it is closed.
             for future in running:
                 if not future.done():
