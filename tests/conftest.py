@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import hypothesis
 import pytest
 from fastapi import FastAPI
 
@@ -22,6 +23,13 @@ from gateway.testing import (
     moto_server,
     running_gateway,
 )
+
+# The same examples on every run, so that a run fails only on a change, never on a new
+# draw; `HYPOTHESIS_PROFILE=explore` (with FUZZ_EXAMPLES for the bad-input fuzz) draws
+# new ones to look for bugs.
+hypothesis.settings.register_profile("repeatable", derandomize=True)
+hypothesis.settings.register_profile("explore", derandomize=False)
+hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 
 @pytest.fixture(params=["local", "s3"])
