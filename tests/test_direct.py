@@ -107,3 +107,39 @@ def test_a_file_system_that_refuses_o_direct_gets_plain_writes(
     used = append_all(path, b"x" * 10, [[body[: ALIGN * 100]], [body[ALIGN * 100 :]]], buffers)
     assert path.read_bytes() == b"x" * 10 + body
     assert not used and not buffers.supported  # and the next streams do not try again
+
+
+def test_a_write_that_fails_midway_leaves_a_clean_prefix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A direct write that stops with an I/O error after a short write: the file holds the
+    stream's first bytes and nothing else, even once `finish` has run (the bytes carried
+    from the batch before must not be written a second time)."""
+    if not o_direct_works(tmp_path):
+        pytest.skip("this file system refuses O_DIRECT")
+    real_pwrite = os.pwrite
+    calls = []
+
+    def failing_pwrite(fd: int, data: memoryview, position: int) -> int:
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            calls.append(position)
+            if len(calls) == 2:  # the second batch: a short write of one block...
+                return real_pwrite(fd, data[:ALIGN], position)
+            if len(calls) == 3:  # ...then the disk fails
+                raise OSError(errno.EIO, "Input/output error")
+        return real_pwrite(fd, data, position)
+
+    monkeypatch.setattr(os, "pwrite", failing_pwrite)
+    body = os.urandom(6 * ALIGN + 100)
+    path = tmp_path / "data.bin"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        appender = Appender(fd, 0, AlignedBuffers())
+        appender.append([body[: 2 * ALIGN + 100]])  # two blocks, 100 bytes carried
+        with pytest.raises(OSError):
+            appender.append([body[2 * ALIGN + 100 :]])
+        appender.finish()
+    finally:
+        os.close(fd)
+    stored = path.read_bytes()
+    assert body.startswith(stored)

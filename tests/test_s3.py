@@ -346,6 +346,21 @@ async def test_uploads_share_a_bounded_pool_of_part_buffers(
     await s3.put("after", body(12 * MiB), WriteSpec())
 
 
+async def test_a_form_of_more_files_than_part_buffers_is_staged_whole(
+    s3: S3Storage, moto: MotoServer
+) -> None:
+    """Files shorter than a part wait, staged, for the rest of their form: they must not
+    keep pool buffers meanwhile (three 2 MiB files and a pool of two used to wait for ever,
+    and every other upload with them)."""
+    s3.buffers = pool = BufferPool(2)
+    staged = []
+    for n in range(3):
+        staged.append(await asyncio.wait_for(s3.stage(f"form/{n}", body(2 * MiB), WriteSpec()), 30))
+    assert pool.in_use == 0
+    infos = [await item.commit() for item in staged]
+    assert [info.size for info in infos] == [2 * MiB] * 3
+
+
 async def test_freed_part_buffers_are_reused_then_given_back_when_idle(
     s3: S3Storage, moto: MotoServer
 ) -> None:

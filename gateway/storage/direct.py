@@ -86,6 +86,9 @@ class Appender:
             try:
                 at = len(self.carry)
                 view[:at] = self.carry
+                # from here the carry is in the buffer only: should a write fail, the file
+                # stays a clean prefix of the stream, and finish() writes nothing twice
+                self.carry = b""
                 for chunk in chunks:
                     view[at : at + len(chunk)] = chunk
                     at += len(chunk)

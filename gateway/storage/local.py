@@ -195,13 +195,14 @@ class LocalStorage(Storage):
         another, both while the event loop receives the next batch. (hashlib and writev
         release the GIL: the three run on separate cores when there are.) With
         `direct_from`, the chunks are appended from that offset with O_DIRECT where the
-        file system allows it (gateway.storage.direct); what was received is written even
-        when the stream breaks off."""
+        file system allows it (gateway.storage.direct); the batches handed to the writer
+        are written even when the stream breaks off."""
         loop = asyncio.get_running_loop()
         running: list[asyncio.Future[None]] = []
         appender = None if direct_from is None else Appender(fd, direct_from, self.aligned)
         append = partial(_append, fd) if appender is None else appender.append
         self.writers += 1
+        completed = False
         try:
             async for batch in batched(chunks, self.write_batch):
                 for future in running:
@@ -212,15 +213,18 @@ class LocalStorage(Storage):
                 ]
             for future in running:
                 await _written(future)
+            completed = True
         finally:
             self.writers -= 1
-            # Whatever became of the request, no thread may still use `fd` once it is closed.
+            # Whatever became of the request, no thread may still use `fd` once it is closed
+            # (nor the appender, which `finish` uses next), however often it is cancelled.
             for future in running:
-                if not future.done():
-                    with contextlib.suppress(BaseException):
-                        await asyncio.shield(future)
+                await _settled(future)
             if appender is not None:
-                await _written(asyncio.shield(self._run(appender.finish)))
+                finishing = loop.run_in_executor(self._io, appender.finish)
+                await _settled(finishing)
+                if completed:  # else the first error is the one to tell
+                    await _written(finishing)
 
     def _publish(self, blob: str) -> None:
         """Move a committed blob from tmp/ into blobs/, durably (runs in a thread)."""
@@ -393,6 +397,14 @@ class LocalReader(ObjectReader):
         if not self._closed:
             self._closed = True
             os.close(self.fd)
+
+
+async def _settled(future: "asyncio.Future[Any]") -> None:
+    """Wait until `future` is done, whatever it ends with and however often the waiting
+    task is cancelled meanwhile."""
+    while not future.done():
+        with contextlib.suppress(BaseException):
+            await asyncio.shield(future)
 
 
 async def _written(pending: Awaitable[T]) -> T:

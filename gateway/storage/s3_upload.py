@@ -211,14 +211,16 @@ class S3Writer:
         if self.upload is None:  # one PutObject, of a body shorter than a part
             part, self.part = self.part, None
             try:
-                data: Buffer = part.data() if part is not None else self.small
-                checksum = await self._hash(data)
-                self.digests.verify()
-            except BaseException:
+                body: bytes | bytearray = bytes(part.data()) if part is not None else self.small
+            finally:
+                # A staged body may wait for the rest of its form: it must not hold a pool
+                # buffer meanwhile, or a form of more files than the pool has buffers
+                # would wait for ever, and every other upload with it.
                 if part is not None:
                     part.release()
-                raise
-            return S3SmallStaged(self.storage, self._info(), self.small, part, checksum, self.spec)
+            checksum = await self._hash(body)
+            self.digests.verify()
+            return S3SmallStaged(self.storage, self._info(), body, checksum, self.spec)
         if self.part is not None and self.part.size:
             part, self.part = self.part, None
             await self._send(part)
@@ -249,25 +251,23 @@ class S3Writer:
 
 
 class S3SmallStaged(Staged):
-    """A body shorter than one part, held in memory until its PutObject: below 1 MiB in
-    `small`, else in a pool buffer (`part`), released once the PutObject is done."""
+    """A body shorter than one part, held in memory until its PutObject."""
 
     def __init__(
         self,
         storage: "S3Storage",
         info: ObjectInfo,
-        small: bytearray,
-        part: Part | None,
+        body: bytes | bytearray,
         checksum: dict[str, str],
         spec: WriteSpec,
     ):
-        self.storage, self.info, self.small, self.part = storage, info, small, part
-        self.checksum, self.spec = checksum, spec
+        self.storage, self.info, self.body, self.checksum = storage, info, body, checksum
+        self.spec = spec
 
     async def commit(self) -> ObjectInfo:
         params: dict[str, Any] = {
             "Key": self.info.key,
-            "Body": self.part.body() if self.part is not None else self.small,
+            "Body": self.body,
             "ContentType": self.info.content_type,
             "Metadata": object_metadata(self.spec, self.info.sha256),
             **self.checksum,
@@ -281,10 +281,7 @@ class S3SmallStaged(Staged):
         return _with_time(self.info, _response_date(response))
 
     async def discard(self) -> None:
-        self.small = bytearray()
-        if self.part is not None:
-            self.part.release()
-            self.part = None
+        self.body = b""
 
 
 class S3Multipart(Staged):

@@ -50,7 +50,8 @@ from ..errors import (
 )
 from ..keys import RESERVED_PREFIX
 from .base import Chunks, ObjectInfo, Uploads, UploadSpec, UploadState, WriteSpec
-from .s3_upload import Part, S3Multipart, part_checksum
+from .s3_body import PartBody
+from .s3_upload import RESERVE_AT, Part, S3Multipart, part_checksum
 
 if TYPE_CHECKING:
     from .s3 import S3Storage
@@ -243,6 +244,7 @@ class S3Uploads(Uploads):
         storage, upload_id = self.storage, record["id"]
         room = None if record["length"] is None else record["length"] - record["offset"]
         part: Part | None = await self._read_tail(record)
+        small = bytearray()  # first bytes, without a tail: a pool buffer past RESERVE_AT only
         upload = S3Multipart(
             storage, record["key"], _spec(record), record["upload_id"], record["parts"]
         )
@@ -263,7 +265,12 @@ class S3Uploads(Uploads):
                     view = memoryview(chunk)
                     while view:
                         if part is None:
+                            if len(small) + len(view) <= RESERVE_AT:
+                                small += view
+                                break
                             part = await self._reserve()
+                            part.fill(small)  # RESERVE_AT is below any part size
+                            small = bytearray()
                         view = view[part.fill(view) :]
                         if part.full:
                             full, part = part, None  # the upload's from now on
@@ -286,12 +293,18 @@ class S3Uploads(Uploads):
                 raise ChunkChecksumMismatch()
             offset = record["offset"] + received
             last = record["length"] is not None and offset == record["length"]
+            if part is None and last and (small or not upload.parts):
+                part = await self._reserve()
+                part.fill(small)
+                small = bytearray()
             if part is not None and last and (part.size or not upload.parts):
                 full, part = part, None
                 await self._send(upload, full)
             await upload.drain()
-            tail = part.size if part is not None else 0
-            await self._write_tail(upload_id, part, record["tail"])
+            tail = part.size if part is not None else len(small)
+            await self._write_tail(
+                upload_id, part.body() if part is not None else small, tail, record["tail"]
+            )
         finally:
             if part is not None:
                 part.release()
@@ -303,8 +316,10 @@ class S3Uploads(Uploads):
             "tail": tail,
         }
         self.chains.keep(upload_id, offset, object_hash)
-        # saved with the lease's release, or by `append` if what follows fails
-        lease.state = record
+        if last:  # saved before the upload is completed, which a crash may interrupt
+            await lease.save(record)
+        else:  # saved with the lease's release, or by `append` if that fails
+            lease.state = record
         if timed_out is not None:
             raise timed_out
         return record
@@ -325,31 +340,33 @@ class S3Uploads(Uploads):
             raise
         await upload.send(checksum, part)
 
-    async def _read_tail(self, record: Mapping[str, Any]) -> Part:
-        """A part buffer holding the bytes a former request left short of a part."""
+    async def _read_tail(self, record: Mapping[str, Any]) -> Part | None:
+        """A part buffer holding the bytes a former request left short of a part (None
+        when there are none)."""
+        if not record["tail"]:
+            return None
         part = await self._reserve()
         try:
-            if record["tail"]:
-                response = await self.storage.call(
-                    "get_object", Key=self._key(record["id"], "tail")
-                )
-                body = response["Body"]
-                async with body:
-                    while chunk := await body.read(1024 * 1024):
-                        if part.fill(chunk) < len(chunk):
-                            break
-                if part.size != record["tail"]:
-                    raise Conflict("The upload's stored tail does not match its state.")
+            response = await self.storage.call("get_object", Key=self._key(record["id"], "tail"))
+            body = response["Body"]
+            async with body:
+                while chunk := await body.read(1024 * 1024):
+                    if part.fill(chunk) < len(chunk):
+                        break
+            if part.size != record["tail"]:
+                raise Conflict("The upload's stored tail does not match its state.")
         except BaseException:
             part.release()
             raise
         return part
 
-    async def _write_tail(self, upload_id: str, part: Part | None, stored: int) -> None:
+    async def _write_tail(
+        self, upload_id: str, body: PartBody | bytearray, size: int, stored: int
+    ) -> None:
         """Keep what falls short of a part in the tail object (`stored`: its size now)."""
         key = self._key(upload_id, "tail")
-        if part is not None and part.size:
-            await self.storage.call("put_object", Key=key, Body=part.body())
+        if size:
+            await self.storage.call("put_object", Key=key, Body=body)
         elif stored:
             await self.storage.call("delete_object", Key=key)
 
