@@ -6,6 +6,7 @@ import hashlib
 import os
 import socket
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -16,7 +17,7 @@ import pytest
 
 from gateway.errors import BackendError, BackendUnavailable, ChecksumMismatch, PreconditionFailed
 from gateway.settings import Settings
-from gateway.storage.base import WriteSpec
+from gateway.storage.base import UploadSpec, WriteSpec
 from gateway.storage.s3 import S3Storage
 from gateway.storage.s3_upload import BufferPool
 from gateway.testing import MotoGateway, MotoServer, gateway_on_moto, s3_environment
@@ -400,3 +401,27 @@ async def test_the_sweep_spares_uploads_this_process_is_sending(
     resume.set()
     assert (await task).size == 7 * MiB
     assert open_uploads(moto, s3.bucket) == []
+
+
+async def test_the_sweeps_lease_does_not_make_an_expired_upload_look_fresh(
+    s3: S3Storage, moto: MotoServer
+) -> None:
+    """The sweep takes an expired upload's lease before removing it; that write must keep
+    the upload's age, or a PATCH arriving meanwhile finds it fresh and locked (423) instead
+    of gone (410)."""
+    from gateway.storage.s3_uploads import _Lease
+
+    uploads = s3.resumable
+    spec = UploadSpec(uuid.uuid4().hex, "aged", 10, {}, "application/octet-stream", None)
+    state = await uploads.create(spec)
+    record, etag = await uploads._read_state(state.id)
+    aged = {**record, "touched": record["touched"] - 3600}
+    await uploads._write_state(aged, if_match=etag, touch=False)
+    record, etag = await uploads._read_state(state.id)
+    assert record["touched"] == aged["touched"]
+    await _Lease(uploads, record, etag, touch=False).take()  # as the sweep does
+    record, _ = await uploads._read_state(state.id)
+    assert record["touched"] == aged["touched"] and record["lease"]
+    await uploads._write_state(record, touch=True)  # a request's write starts it anew
+    record, _ = await uploads._read_state(state.id)
+    assert record["touched"] > aged["touched"] + 3000

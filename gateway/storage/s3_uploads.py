@@ -69,8 +69,10 @@ def _now() -> datetime:
 class _Lease:
     """The right to change one upload's state, held by writing the state conditionally."""
 
-    def __init__(self, uploads: "S3Uploads", state: dict[str, Any], etag: str):
-        self.uploads, self.state, self.etag = uploads, state, etag
+    def __init__(
+        self, uploads: "S3Uploads", state: dict[str, Any], etag: str, *, touch: bool = True
+    ):
+        self.uploads, self.state, self.etag, self.touch = uploads, state, etag, touch
         self.token = uuid.uuid4().hex
         self.held = False
         self._writing = asyncio.Lock()
@@ -99,7 +101,9 @@ class _Lease:
                 else {"token": self.token, "until": time.time() + LEASE_TTL},
             }
             try:
-                self.etag = await self.uploads._write_state(record, if_match=self.etag)
+                self.etag = await self.uploads._write_state(
+                    record, if_match=self.etag, touch=self.touch
+                )
             except PreconditionFailed:
                 self.held = False
                 raise Locked("Another request took this upload over.") from None
@@ -136,11 +140,19 @@ class S3Uploads(Uploads):
         return record, response["ETag"]
 
     async def _write_state(
-        self, record: dict[str, Any], *, if_match: str | None = None, create: bool = False
+        self,
+        record: dict[str, Any],
+        *,
+        if_match: str | None = None,
+        create: bool = False,
+        touch: bool = True,
     ) -> str:
+        """Write the state record; `touch` starts its expiry anew (a request's writes do,
+        the sweep's do not: an expired upload must not look fresh while it is removed)."""
+        touched = time.time() if touch or "touched" not in record else record["touched"]
         params: dict[str, Any] = {
             "Key": self._key(record["id"], "state"),
-            "Body": json.dumps({**record, "touched": time.time()}),
+            "Body": json.dumps({**record, "touched": touched}),
             "ContentType": "application/json",
         }
         if if_match is not None:
@@ -447,7 +459,7 @@ class S3Uploads(Uploads):
         async for record, etag in self._records():
             if self._public(record).expires > _now():
                 continue
-            lease = _Lease(self, record, etag)
+            lease = _Lease(self, record, etag, touch=False)
             try:
                 await lease.take()
             except Locked:
