@@ -58,15 +58,16 @@ class Digests:
 async def batched(
     chunks: AsyncIterable[Buffer], size: Callable[[], int]
 ) -> AsyncIterator[list[Buffer]]:
-    """Group chunks into lists of at least `size()` bytes (the last may be shorter)."""
+    """Group chunks into lists of at least `size()` bytes (the last may be shorter); `size`
+    is asked once a batch."""
     batch: list[Buffer] = []
-    held = 0
+    held, limit = 0, size()
     async for chunk in chunks:
         batch.append(chunk)
         held += len(chunk)
-        if held >= size():
+        if held >= limit:
             yield batch
-            batch, held = [], 0
+            batch, held, limit = [], 0, size()
     if batch:
         yield batch
 

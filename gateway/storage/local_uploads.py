@@ -175,7 +175,6 @@ class LocalUploads(Uploads):
             state = self._state(upload_id)  # as it is now that this request holds it
             if offset != state.offset:
                 raise OffsetMismatch(state.offset, offset)
-            os.lseek(fd, offset, os.SEEK_SET)
         except BaseException:
             os.close(fd)
             raise

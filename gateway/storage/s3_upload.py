@@ -20,6 +20,7 @@ import asyncio
 import base64
 import hashlib
 import zlib
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, Literal
@@ -85,8 +86,9 @@ class Part:
 
     __slots__ = ("_pool", "memory", "size", "view")
 
-    def __init__(self, memory: bytearray, pool: "BufferPool | None" = None):
-        self.memory, self.view, self.size, self._pool = memory, memoryview(memory), 0, pool
+    def __init__(self, memory: bytearray, pool: "BufferPool"):
+        self._pool: BufferPool | None = pool
+        self.memory, self.view, self.size = memory, memoryview(memory), 0
 
     @property
     def full(self) -> bool:
@@ -165,30 +167,75 @@ class BufferPool:
         self._spare.clear()
 
 
+class Gatherer:
+    """A body's bytes cut into parts as they arrive. Until a first part has gone, they wait
+    in a small buffer of their own, and move to a buffer of the process's pool only past
+    RESERVE_AT: a short body takes none, and a long one copies its first MiB once more."""
+
+    def __init__(self, pool: BufferPool, part_size: int, part: Part | None = None):
+        self.pool, self.part_size = pool, part_size
+        self.part = part  # the part being filled, in a pool buffer
+        self.small = bytearray()
+        self.started = part is not None  # a part has been sent, or there was a tail
+
+    @property
+    def size(self) -> int:
+        """The bytes gathered and not handed on."""
+        return self.part.size if self.part is not None else len(self.small)
+
+    async def add(self, chunk: Buffer, send: Callable[[Part], Awaitable[None]]) -> None:
+        """Gather `chunk`, handing each part that fills to `send`, whose it is from then."""
+        view = memoryview(chunk)
+        while view:
+            if self.part is None:
+                if not self.started and len(self.small) + len(view) <= RESERVE_AT:
+                    self.small += view
+                    return
+                await self._reserve()
+                assert self.part is not None
+            view = view[self.part.fill(view) :]
+            if self.part.full:
+                await self._hand(send)
+
+    async def flush(self, send: Callable[[Part], Awaitable[None]]) -> None:
+        """Hand what is gathered to `send` as a last, shorter part (even an empty one)."""
+        if self.part is None:
+            await self._reserve()
+        await self._hand(send)
+
+    def body(self) -> PartBody | bytearray:
+        """What is gathered, as a request body (read from the buffers as they are)."""
+        return self.part.body() if self.part is not None else self.small
+
+    def release(self) -> None:
+        if self.part is not None:
+            self.part.release()
+            self.part = None
+        self.small = bytearray()
+
+    async def _reserve(self) -> None:
+        self.part = await self.pool.reserve(self.part_size)
+        self.part.fill(self.small)  # RESERVE_AT is below any part size
+        self.small = bytearray()
+
+    async def _hand(self, send: Callable[[Part], Awaitable[None]]) -> None:
+        part, self.part = self.part, None
+        assert part is not None
+        self.started = True
+        await send(part)
+
+
 class S3Writer:
     """Takes a body chunk by chunk; `finish()` gives the Staged object."""
 
     def __init__(self, storage: "S3Storage", key: str, spec: WriteSpec, part_size: int):
         self.storage, self.key, self.spec, self.part_size = storage, key, spec, part_size
         self.digests = Digests(spec)
-        self.small = bytearray()  # a body's first bytes, until they reach RESERVE_AT
-        self.part: Part | None = None  # the part being gathered, in a pool buffer
+        self.gathered = Gatherer(storage.buffers, part_size)
         self.upload: S3Multipart | None = None
 
     async def write(self, chunk: Buffer) -> None:
-        view = memoryview(chunk)
-        while view:
-            if self.part is None:
-                if self.upload is None and len(self.small) + len(view) <= RESERVE_AT:
-                    self.small += view
-                    return
-                self.part = await self.storage.buffers.reserve(self.part_size)
-                self.part.fill(self.small)  # RESERVE_AT is below any part size
-                self.small = bytearray()
-            view = view[self.part.fill(view) :]
-            if self.part.full:
-                part, self.part = self.part, None
-                await self._send(part)
+        await self.gathered.add(chunk, self._send)
 
     async def _send(self, part: Part) -> None:
         try:
@@ -208,31 +255,28 @@ class S3Writer:
         )
 
     async def finish(self) -> Staged:
+        gathered = self.gathered
         if self.upload is None:  # one PutObject, of a body shorter than a part
-            part, self.part = self.part, None
+            part = gathered.part
             try:
-                body: bytes | bytearray = bytes(part.data()) if part is not None else self.small
+                body = bytes(part.data()) if part is not None else gathered.small
             finally:
                 # A staged body may wait for the rest of its form: it must not hold a pool
                 # buffer meanwhile, or a form of more files than the pool has buffers
                 # would wait for ever, and every other upload with it.
-                if part is not None:
-                    part.release()
+                gathered.release()
             checksum = await self._hash(body)
             self.digests.verify()
             return S3SmallStaged(self.storage, self._info(), body, checksum, self.spec)
-        if self.part is not None and self.part.size:
-            part, self.part = self.part, None
-            await self._send(part)
+        if gathered.size:
+            await gathered.flush(self._send)
         await self.upload.drain()
         self.digests.verify()
         self.upload.info = self._info()
         return self.upload
 
     async def abort(self) -> None:
-        if self.part is not None:
-            self.part.release()
-            self.part = None
+        self.gathered.release()
         if self.upload is not None:
             await self.upload.abort()
 

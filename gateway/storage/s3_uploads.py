@@ -30,6 +30,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import ClientDisconnect
@@ -51,7 +52,7 @@ from ..errors import (
 from ..keys import RESERVED_PREFIX
 from .base import Chunks, ObjectInfo, Uploads, UploadSpec, UploadState, WriteSpec
 from .s3_body import PartBody
-from .s3_upload import RESERVE_AT, Part, S3Multipart, part_checksum
+from .s3_upload import Gatherer, Part, S3Multipart, part_checksum
 
 if TYPE_CHECKING:
     from .s3 import S3Storage
@@ -255,11 +256,11 @@ class S3Uploads(Uploads):
     ) -> dict[str, Any]:
         storage, upload_id = self.storage, record["id"]
         room = None if record["length"] is None else record["length"] - record["offset"]
-        part: Part | None = await self._read_tail(record)
-        small = bytearray()  # first bytes, without a tail: a pool buffer past RESERVE_AT only
+        gathered = Gatherer(storage.buffers, storage.part_size, await self._read_tail(record))
         upload = S3Multipart(
             storage, record["key"], _spec(record), record["upload_id"], record["parts"]
         )
+        send = partial(self._send, upload)
         object_hash = self.chains.take(upload_id, record["offset"])
         chunk_hash = hashlib.new(checksum[0]) if checksum else None
         hashes = [h for h in (object_hash, chunk_hash) if h is not None]
@@ -274,19 +275,7 @@ class S3Uploads(Uploads):
                         raise TooLarge("The chunk goes past the upload's length.")
                     for hasher in hashes:
                         hasher.update(chunk)
-                    view = memoryview(chunk)
-                    while view:
-                        if part is None:
-                            if len(small) + len(view) <= RESERVE_AT:
-                                small += view
-                                break
-                            part = await self._reserve()
-                            part.fill(small)  # RESERVE_AT is below any part size
-                            small = bytearray()
-                        view = view[part.fill(view) :]
-                        if part.full:
-                            full, part = part, None  # the upload's from now on
-                            await self._send(upload, full)
+                    await gathered.add(chunk, send)
             except (ClientDisconnect, ConnectionError, RequestTimeout) as exc:
                 keep = checksum is None  # what arrived counts, unless it cannot be verified
                 if not keep:
@@ -305,21 +294,13 @@ class S3Uploads(Uploads):
                 raise ChunkChecksumMismatch()
             offset = record["offset"] + received
             last = record["length"] is not None and offset == record["length"]
-            if part is None and last and (small or not upload.parts):
-                part = await self._reserve()
-                part.fill(small)
-                small = bytearray()
-            if part is not None and last and (part.size or not upload.parts):
-                full, part = part, None
-                await self._send(upload, full)
+            if last and (gathered.size or not upload.parts):
+                await gathered.flush(send)
             await upload.drain()
-            tail = part.size if part is not None else len(small)
-            await self._write_tail(
-                upload_id, part.body() if part is not None else small, tail, record["tail"]
-            )
+            tail = gathered.size
+            await self._write_tail(upload_id, gathered.body(), tail, record["tail"])
         finally:
-            if part is not None:
-                part.release()
+            gathered.release()
         record = {
             **record,
             "offset": offset,
@@ -335,9 +316,6 @@ class S3Uploads(Uploads):
         if timed_out is not None:
             raise timed_out
         return record
-
-    async def _reserve(self) -> Part:
-        return await self.storage.buffers.reserve(self.storage.part_size)
 
     async def _send(self, upload: S3Multipart, part: Part) -> None:
         try:
@@ -357,7 +335,7 @@ class S3Uploads(Uploads):
         when there are none)."""
         if not record["tail"]:
             return None
-        part = await self._reserve()
+        part = await self.storage.buffers.reserve(self.storage.part_size)
         try:
             response = await self.storage.call("get_object", Key=self._key(record["id"], "tail"))
             body = response["Body"]
