@@ -10,12 +10,12 @@ M_ARENA_MAX = -8
 
 MiB = 1024 * 1024
 ARENAS = 2
-MMAP_THRESHOLD = 5 * MiB  # above the largest download chunk (4 MiB), below an S3 part (5+)
+MMAP_THRESHOLD = 5 * MiB  # above the largest download chunk (2 MiB), below an S3 part (5+)
 TRIM_THRESHOLD = 128 * MiB
 
 
 def tune_malloc(*, keep_freed_heap: bool = True) -> None:
-    """Make glibc's malloc fit the gateway's buffers: many of 64 KiB to 4 MiB, made and
+    """Make glibc's malloc fit the gateway's buffers: many of 64 KiB to 2 MiB, made and
     freed at up to a few thousand a second, and S3 parts of 5 MiB and more.
 
     - ARENAS: by default every thread that allocates may get an arena of its own, and the

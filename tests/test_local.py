@@ -4,16 +4,18 @@ import asyncio
 import fcntl
 import os
 import sqlite3
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.errors import InvalidKey
 from gateway.keys import decode_path_key, validate_key
-from gateway.storage.base import WriteSpec
-from gateway.storage.local import LocalStorage
+from gateway.storage.base import Buffer, WriteSpec
+from gateway.storage.local import QUEUED, WRITE_MAX, LocalStorage
 from tests.conftest import blob_files, tmp_files
 
 KEY_ALPHABET = st.sampled_from(["/", ".", "..", "\\", "a", "é", "\x00", "\n", "%2F", "~", " "])
@@ -129,6 +131,43 @@ async def test_a_reader_keeps_its_version_while_the_key_is_replaced(tmp_path: Pa
         async with reader:
             assert b"".join([c async for c in reader.chunks()]) == b"A" * 3_000_000
         assert (await storage.stat("k")).size == 10
+
+
+async def test_a_cancelled_write_waits_for_its_threads(tmp_path: Path) -> None:
+    """However often the request is cancelled, the write returns only once no worker thread
+    uses the file any more: its descriptor is closed right after."""
+    entered, release = threading.Event(), threading.Event()
+    hashed: list[int] = []
+
+    class SlowHasher:
+        def update(self, chunks: Sequence[Buffer]) -> None:
+            entered.set()
+            release.wait(10)
+            hashed.append(sum(len(chunk) for chunk in chunks))
+
+    async def body() -> AsyncIterator[bytes]:
+        for _ in range(8):  # more batches than may wait for the hashing thread
+            yield os.urandom(WRITE_MAX)
+        await asyncio.Event().wait()  # a client that stalls
+        yield b""
+
+    async with LocalStorage(tmp_path) as storage:
+        fd = os.open(tmp_path / "file", os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            task = asyncio.create_task(storage._write(fd, body(), SlowHasher()))
+            await asyncio.get_running_loop().run_in_executor(None, entered.wait, 10)
+            for _ in range(3):
+                task.cancel()
+                done, _pending = await asyncio.wait({task}, timeout=0.1)
+                assert not done  # still waiting for the hashing thread
+            release.set()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            # the batches handed over were hashed and written whole; no more were
+            assert hashed == [WRITE_MAX] * QUEUED
+            assert os.fstat(fd).st_size == QUEUED * WRITE_MAX
+        finally:
+            os.close(fd)
 
 
 async def test_cancelled_upload_leaves_nothing(tmp_path: Path) -> None:

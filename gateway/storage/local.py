@@ -28,6 +28,7 @@ import json
 import os
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -54,6 +55,7 @@ from .base import (
 )
 from .cursor import decode_cursor, encode_cursor
 from .direct import AlignedBuffers, Appender
+from .lanes import Lane
 from .local_index import Index, Row
 from .local_uploads import LocalUploads
 from .locking import open_locked
@@ -61,13 +63,15 @@ from .writeback import start_writeback
 
 T = TypeVar("T")
 
-# Uploads hand their bytes to the writer thread in batches of 256 KiB to 1 MiB: larger
-# batches cost fewer trips to the thread, and a budget shrinks them as more uploads share
-# the process (each holds about two batches), so memory stays bounded.
-WRITE_MIN, WRITE_MAX, WRITE_BUDGET = 256 * 1024, 1024 * 1024, 8 * 1024 * 1024
-# Downloads read in chunks of 1 to 4 MiB: larger chunks serve one client faster, and the
-# budget shrinks them as more downloads share the process, so memory stays bounded.
-READ_MIN, READ_MAX, READ_BUDGET = 1024 * 1024, 4 * 1024 * 1024, 16 * 1024 * 1024
+# Uploads hand their bytes to the hashing and writing threads in batches of 256 to 512 KiB
+# (larger ones measured slower: the last batch of a request is waited for whole), and each
+# of the two may fall QUEUED batches behind. A budget shrinks the batches as more uploads
+# share the process (each holds up to QUEUED + 1 batches), so memory stays bounded.
+WRITE_MIN, WRITE_MAX, WRITE_BUDGET = 256 * 1024, 512 * 1024, 8 * 1024 * 1024
+QUEUED = 2
+# Downloads read in chunks of 1 to 2 MiB (4 MiB served one client no faster and held up
+# to 8 MiB more), smaller as more downloads share the budget, so memory stays bounded.
+READ_MIN, READ_MAX, READ_BUDGET = 1024 * 1024, 2 * 1024 * 1024, 16 * 1024 * 1024
 
 
 def _append(fd: int, chunks: list[Buffer]) -> None:
@@ -105,7 +109,8 @@ class LocalStorage(Storage):
         return max(READ_MIN, min(READ_MAX, READ_BUDGET // max(1, self.readers)))
 
     def write_batch(self) -> int:
-        return max(WRITE_MIN, min(WRITE_MAX, WRITE_BUDGET // max(1, self.writers)))
+        held = max(1, self.writers) * (QUEUED + 1)
+        return max(WRITE_MIN, min(WRITE_MAX, WRITE_BUDGET // held))
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "LocalStorage":
@@ -192,33 +197,35 @@ class LocalStorage(Storage):
         self, fd: int, chunks: Chunks, digests: Hasher, *, direct_from: int | None = None
     ) -> None:
         """Stream `chunks` into `fd`: a batch is hashed in one worker thread and written in
-        another, both while the event loop receives the next batch. (hashlib and writev
-        release the GIL: the three run on separate cores when there are.) With
+        another, both while the event loop receives the next batches; each lane may fall
+        QUEUED batches behind (gateway.storage.lanes). (hashlib and writev release the GIL:
+        the three run on separate cores when there are.) With
         `direct_from`, the chunks are appended from that offset with O_DIRECT where the
         file system allows it (gateway.storage.direct); the batches handed to the writer
         are written even when the stream breaks off."""
         loop = asyncio.get_running_loop()
-        running: list[asyncio.Future[None]] = []
         appender = None if direct_from is None else Appender(fd, direct_from, self.aligned)
         append = partial(_append, fd) if appender is None else appender.append
+        hashing, writing = Lane(self._io, digests.update), Lane(self._io, append)
+        pending: deque[asyncio.Future[None]] = deque()  # hash and write of each batch
         self.writers += 1
         completed = False
         try:
             async for batch in batched(chunks, self.write_batch):
-                for future in running:
-                    await _written(future)
-                running = [
-                    loop.run_in_executor(self._io, digests.update, batch),
-                    loop.run_in_executor(self._io, append, batch),
-                ]
-            for future in running:
-                await _written(future)
+                while len(pending) >= 2 * QUEUED:
+                    await _written(asyncio.shield(pending[0]))
+                    pending.popleft()
+                pending.append(hashing.submit(batch))
+                pending.append(writing.submit(batch))
+            while pending:
+                await _written(asyncio.shield(pending[0]))
+                pending.popleft()
             completed = True
         finally:
             self.writers -= 1
             # Whatever became of the request, no thread may still use `fd` once it is closed
             # (nor the appender, which `finish` uses next), however often it is cancelled.
-            for future in running:
+            for future in pending:
                 await _settled(future)
             if appender is not None:
                 finishing = loop.run_in_executor(self._io, appender.finish)
