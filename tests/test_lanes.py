@@ -1,13 +1,18 @@
 """Lanes (gateway.storage.lanes): calls queued without waiting run in order, one at a time,
-stop at the first failure, and hold no worker thread while they have nothing to do."""
+stop at the first failure, and hold no worker thread while they have nothing to do; a
+stream hashed in the background sees every chunk in order."""
 
 import asyncio
+import hashlib
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from gateway.storage.lanes import Lane
+from gateway.storage.lanes import BackgroundHashes, Lane
 
 
 async def test_calls_run_in_order_one_at_a_time() -> None:
@@ -92,3 +97,49 @@ async def test_a_cancelled_wait_leaves_the_call_running() -> None:
         release.set()
         await lane.submit(1)
     assert done == [0, 1]
+
+
+@settings(max_examples=40, deadline=None)
+@given(sizes=st.lists(st.integers(0, 300_000), max_size=30))
+async def test_background_hashes_see_every_chunk_in_order(sizes: list[int]) -> None:
+    data = os.urandom(sum(sizes))
+    sha256, md5 = hashlib.sha256(), hashlib.md5()
+    hashing = BackgroundHashes([sha256, md5])
+    at = 0
+    try:
+        for size in sizes:
+            await hashing.add(data[at : at + size])
+            at += size
+        await hashing.done()
+    finally:
+        await hashing.settle()
+    assert sha256.digest() == hashlib.sha256(data).digest()
+    assert md5.digest() == hashlib.md5(data).digest()
+
+
+async def test_background_hashes_settle_after_a_cancellation() -> None:
+    """A request cancelled while its batches wait for the thread still leaves no thread
+    at work once `settle` returns."""
+    release = threading.Event()
+    fed: list[int] = []
+
+    class Slow:
+        def update(self, chunk: bytes) -> None:
+            release.wait(10)
+            fed.append(len(chunk))
+
+    hashing = BackgroundHashes([Slow()])  # type: ignore[list-item]
+
+    async def feed() -> None:
+        for _ in range(10):
+            await hashing.add(b"x" * BackgroundHashes.BATCH)
+
+    task = asyncio.create_task(feed())
+    done, _pending = await asyncio.wait({task}, timeout=0.1)
+    assert not done  # held: QUEUED batches wait for the thread
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    release.set()
+    await hashing.settle()
+    assert fed == [BackgroundHashes.BATCH] * BackgroundHashes.QUEUED

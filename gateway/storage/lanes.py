@@ -6,27 +6,36 @@ the three take turns: whenever one of them is late (a slow write, a descheduled 
 the others idle. A lane queues the calls instead, so that a stage can fall a batch or
 two behind and catch up, and runs them in order in one thread at a time. It holds no
 thread while its queue is empty, so any number of uploads share a small pool.
+
+BackgroundHashes is the same for a stream that is only hashed on its way (a resumable
+upload's chunks on S3, which go out as parts).
 """
 
 import asyncio
 import contextlib
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from .base import Buffer
+
+if TYPE_CHECKING:
+    from hashlib import _Hash
 
 A = TypeVar("A")
 R = TypeVar("R")
 
 
 class Lane(Generic[A, R]):
-    """Runs `call(argument)` for each `submit`, in order, in threads of `executor`.
+    """Runs `call(argument)` for each `submit`, in order, in threads of `executor` (the
+    loop's default executor for None).
 
     Once a call fails, later ones are not run: their futures end with the same error (a
     writer must not write past a batch it failed to write)."""
 
-    def __init__(self, executor: Executor, call: Callable[[A], R]):
+    def __init__(self, executor: Executor | None, call: Callable[[A], R]):
         self._executor = executor
         self._call = call
         self._loop = asyncio.get_running_loop()
@@ -43,7 +52,10 @@ class Lane(Generic[A, R]):
                 return future
             self._draining = True
         try:
-            self._executor.submit(self._drain)
+            if self._executor is None:
+                self._loop.run_in_executor(None, self._drain)
+            else:
+                self._executor.submit(self._drain)
         except BaseException:
             with self._lock:
                 self._queue.clear()
@@ -79,3 +91,68 @@ def _resolve(future: "asyncio.Future[Any]", outcome: tuple[bool, Any]) -> None:
         future.set_result(value)
     else:
         future.set_exception(value)
+
+
+async def settled(future: "asyncio.Future[Any]") -> None:
+    """Wait until `future` is done, whatever it ends with and however often the waiting
+    task is cancelled meanwhile."""
+    while not future.done():
+        with contextlib.suppress(BaseException):
+            await asyncio.shield(future)
+
+
+class BackgroundHashes:
+    """Feeds a stream's chunks to hashes in a worker thread, a batch at a time and in
+    order, while the event loop goes on receiving (hashlib releases the GIL). At most
+    QUEUED batches wait for the thread; `add` waits when they do.
+
+        hashing = BackgroundHashes([sha256])
+        try:
+            async for chunk in chunks:
+                await hashing.add(chunk)
+            await hashing.done()      # sha256 now holds every chunk
+        finally:
+            await hashing.settle()    # no thread touches the hashes any more
+    """
+
+    BATCH = 512 * 1024
+    QUEUED = 2
+
+    def __init__(self, hashes: "Sequence[_Hash]", executor: Executor | None = None):
+        self.hashes = list(hashes)
+        self._lane: Lane[list[Buffer], None] = Lane(executor, self._update)
+        self._batch: list[Buffer] = []
+        self._held = 0
+        self._pending: deque[asyncio.Future[None]] = deque()
+
+    def _update(self, chunks: list[Buffer]) -> None:
+        for chunk in chunks:
+            for hasher in self.hashes:
+                hasher.update(chunk)
+
+    async def add(self, chunk: Buffer) -> None:
+        if not self.hashes:
+            return
+        self._batch.append(chunk)
+        self._held += len(chunk)
+        if self._held >= self.BATCH:
+            await self._submit()
+
+    async def _submit(self) -> None:
+        while len(self._pending) >= self.QUEUED:
+            await asyncio.shield(self._pending[0])
+            self._pending.popleft()
+        self._pending.append(self._lane.submit(self._batch))
+        self._batch, self._held = [], 0
+
+    async def done(self) -> None:
+        """Wait until every chunk added so far is hashed."""
+        if self._batch:
+            await self._submit()
+        while self._pending:
+            await asyncio.shield(self._pending[0])
+            self._pending.popleft()
+
+    async def settle(self) -> None:
+        for future in self._pending:
+            await settled(future)

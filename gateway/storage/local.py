@@ -55,7 +55,7 @@ from .base import (
 )
 from .cursor import decode_cursor, encode_cursor
 from .direct import AlignedBuffers, Appender
-from .lanes import Lane
+from .lanes import Lane, settled
 from .local_index import Index, Row
 from .local_uploads import LocalUploads
 from .locking import open_locked
@@ -226,10 +226,10 @@ class LocalStorage(Storage):
             # Whatever became of the request, no thread may still use `fd` once it is closed
             # (nor the appender, which `finish` uses next), however often it is cancelled.
             for future in pending:
-                await _settled(future)
+                await settled(future)
             if appender is not None:
                 finishing = loop.run_in_executor(self._io, appender.finish)
-                await _settled(finishing)
+                await settled(finishing)
                 if completed:  # else the first error is the one to tell
                     await _written(finishing)
 
@@ -404,14 +404,6 @@ class LocalReader(ObjectReader):
         if not self._closed:
             self._closed = True
             os.close(self.fd)
-
-
-async def _settled(future: "asyncio.Future[Any]") -> None:
-    """Wait until `future` is done, whatever it ends with and however often the waiting
-    task is cancelled meanwhile."""
-    while not future.done():
-        with contextlib.suppress(BaseException):
-            await asyncio.shield(future)
 
 
 async def _written(pending: Awaitable[T]) -> T:

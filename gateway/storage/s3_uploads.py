@@ -51,6 +51,7 @@ from ..errors import (
 )
 from ..keys import RESERVED_PREFIX
 from .base import Chunks, ObjectInfo, Uploads, UploadSpec, UploadState, WriteSpec
+from .lanes import BackgroundHashes
 from .s3_body import PartBody
 from .s3_upload import Gatherer, Part, S3Multipart, part_checksum
 
@@ -263,7 +264,7 @@ class S3Uploads(Uploads):
         send = partial(self._send, upload)
         object_hash = self.chains.take(upload_id, record["offset"])
         chunk_hash = hashlib.new(checksum[0]) if checksum else None
-        hashes = [h for h in (object_hash, chunk_hash) if h is not None]
+        hashing = BackgroundHashes([h for h in (object_hash, chunk_hash) if h is not None])
         received = 0
         keep = True
         timed_out: RequestTimeout | None = None
@@ -273,9 +274,9 @@ class S3Uploads(Uploads):
                     received += len(chunk)
                     if room is not None and received > room:
                         raise TooLarge("The chunk goes past the upload's length.")
-                    for hasher in hashes:
-                        hasher.update(chunk)
+                    await hashing.add(chunk)
                     await gathered.add(chunk, send)
+                await hashing.done()
             except (ClientDisconnect, ConnectionError, RequestTimeout) as exc:
                 keep = checksum is None  # what arrived counts, unless it cannot be verified
                 if not keep:
@@ -300,6 +301,7 @@ class S3Uploads(Uploads):
             tail = gathered.size
             await self._write_tail(upload_id, gathered.body(), tail, record["tail"])
         finally:
+            await hashing.settle()
             gathered.release()
         record = {
             **record,
@@ -388,10 +390,15 @@ class S3Uploads(Uploads):
 
     async def _hash_back(self, key: str) -> str:
         digest = hashlib.sha256()
+        hashing = BackgroundHashes([digest])
         reader = await self.storage.open(key)
-        async with reader:
-            async for chunk in reader.chunks():
-                digest.update(chunk)
+        try:
+            async with reader:
+                async for chunk in reader.chunks():
+                    await hashing.add(chunk)
+            await hashing.done()
+        finally:
+            await hashing.settle()
         return digest.hexdigest()
 
     async def terminate(self, upload_id: str) -> None:
