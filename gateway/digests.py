@@ -59,15 +59,22 @@ async def batched(
     chunks: AsyncIterable[Buffer], size: Callable[[], int]
 ) -> AsyncIterator[list[Buffer]]:
     """Group chunks into lists of at least `size()` bytes (the last may be shorter); `size`
-    is asked once a batch."""
+    is asked once a batch. When `chunks` breaks off with an error (a client gone or
+    stalled), the chunks gathered so far are yielded before the error is raised: bytes
+    that arrived are not lost (a resumable upload keeps them)."""
     batch: list[Buffer] = []
     held, limit = 0, size()
-    async for chunk in chunks:
-        batch.append(chunk)
-        held += len(chunk)
-        if held >= limit:
+    try:
+        async for chunk in chunks:
+            batch.append(chunk)
+            held += len(chunk)
+            if held >= limit:
+                yield batch
+                batch, held, limit = [], 0, size()
+    except Exception:
+        if batch:
             yield batch
-            batch, held, limit = [], 0, size()
+        raise
     if batch:
         yield batch
 

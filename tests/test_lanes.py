@@ -1,17 +1,19 @@
 """Lanes (gateway.storage.lanes): calls queued without waiting run in order, one at a time,
 stop at the first failure, and hold no worker thread while they have nothing to do; a
-stream hashed in the background sees every chunk in order."""
+stream hashed in the background sees every chunk in order; batches keep what arrived."""
 
 import asyncio
 import hashlib
 import os
 import threading
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.digests import batched
 from gateway.storage.lanes import BackgroundHashes, Lane
 
 
@@ -143,3 +145,32 @@ async def test_background_hashes_settle_after_a_cancellation() -> None:
     release.set()
     await hashing.settle()
     assert fed == [BackgroundHashes.BATCH] * BackgroundHashes.QUEUED
+
+
+async def test_batches_keep_what_arrived_before_the_stream_broke_off() -> None:
+    """A client gone mid-batch: the chunks gathered so far still reach the writer (a
+    resumable upload keeps every byte that arrived), then the error."""
+
+    async def broken() -> AsyncIterator[bytes]:
+        yield b"a" * 300
+        yield b"b" * 300
+        yield b"c" * 100
+        raise ConnectionResetError("client gone")
+
+    got: list[list[bytes]] = []
+    with pytest.raises(ConnectionResetError):
+        async for batch in batched(broken(), lambda: 500):
+            got.append([bytes(chunk) for chunk in batch])
+    assert got == [[b"a" * 300, b"b" * 300], [b"c" * 100]]
+
+
+async def test_a_cancelled_stream_yields_nothing_more() -> None:
+    async def cancelled() -> AsyncIterator[bytes]:
+        yield b"a" * 100
+        raise asyncio.CancelledError
+
+    got = []
+    with pytest.raises(asyncio.CancelledError):
+        async for batch in batched(cancelled(), lambda: 500):
+            got.append(batch)
+    assert got == []
