@@ -19,7 +19,7 @@ from gateway.errors import BackendError, BackendUnavailable, ChecksumMismatch, P
 from gateway.settings import Settings
 from gateway.storage.base import UploadSpec, WriteSpec
 from gateway.storage.s3 import S3Storage
-from gateway.storage.s3_upload import BufferPool
+from gateway.storage.s3_upload import BufferPool, HeldBytes
 from gateway.testing import MotoGateway, MotoServer, gateway_on_moto, s3_environment
 from tests.conftest import s3_settings
 from tests.faults import FaultProxy
@@ -360,6 +360,36 @@ async def test_a_form_of_more_files_than_part_buffers_is_staged_whole(
     assert pool.in_use == 0
     infos = [await item.commit() for item in staged]
     assert [info.size for info in infos] == [2 * MiB] * 3
+
+
+async def test_short_staged_bodies_past_the_memory_budget_wait_in_s3(
+    s3: S3Storage, moto: MotoServer
+) -> None:
+    """A form's short files wait for its last one; past HELD_SMALL_BYTES they wait in S3
+    as one-part multipart uploads, not in memory: all are committed whole, and a discarded
+    form leaves no upload open and no memory held."""
+    s3.held_small = held = HeldBytes(3 * MiB)
+    data = [os.urandom(2 * MiB) for _ in range(4)]
+
+    async def one(chunk: bytes) -> AsyncIterator[bytes]:
+        yield chunk
+
+    staged = [await s3.stage(f"form/{n}", one(d), WriteSpec()) for n, d in enumerate(data)]
+    assert held.held == 2 * MiB  # the first one only; three wait in S3
+    assert len(open_uploads(moto, s3.bucket)) == 3
+    infos = [await item.commit() for item in staged]
+    assert held.held == 0 and open_uploads(moto, s3.bucket) == []
+    for n, (info, d) in enumerate(zip(infos, data, strict=True)):
+        assert info.sha256 == hashlib.sha256(d).hexdigest()
+        assert (await s3.stat(f"form/{n}")).sha256 == info.sha256
+        got = moto.s3().get_object(Bucket=s3.bucket, Key=f"form/{n}")["Body"].read()
+        assert got == d
+
+    staged = [await s3.stage(f"gone/{n}", one(d), WriteSpec()) for n, d in enumerate(data)]
+    for item in staged:
+        await item.discard()
+    assert held.held == 0 and open_uploads(moto, s3.bucket) == []
+    assert (await s3.list(prefix="gone/")).objects == []
 
 
 async def test_freed_part_buffers_are_reused_then_given_back_when_idle(

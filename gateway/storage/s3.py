@@ -45,7 +45,7 @@ from .base import Chunks, Listing, ObjectInfo, ObjectReader, Staged, Storage, Wr
 from .cursor import decode_cursor, encode_cursor
 from .s3_aborts import FIRST_TRY_WAIT, Aborter
 from .s3_body import register_part_payload
-from .s3_upload import BufferPool, PartChecksum, S3Writer, Unsupported
+from .s3_upload import HELD_SMALL_BYTES, BufferPool, HeldBytes, PartChecksum, S3Writer, Unsupported
 from .s3_uploads import S3Uploads
 
 MiB = 1024 * 1024
@@ -99,6 +99,7 @@ class S3Storage(Storage):
         self.buffers = BufferPool(
             max(PARTS_PER_PROCESS, self.concurrency + 1), keep=self.concurrency + 1
         )
+        self.held_small = HeldBytes(HELD_SMALL_BYTES)
         self.aborter = Aborter(
             self._abort_upload, min(FIRST_TRY_WAIT, settings.s3_read_timeout.total_seconds())
         )

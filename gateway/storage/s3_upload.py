@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 PartChecksum = Literal["crc32", "md5"]
 MAX_COPY_BYTES = 5 * 1000**3  # the largest object one CopyObject may copy
 RESERVE_AT = 1024 * 1024  # a buffer this large takes one of the process's part buffers
+HELD_SMALL_BYTES = 64 * 1024 * 1024  # short staged bodies held in memory, in the process
 
 
 class Unsupported(BackendError):
@@ -256,7 +257,10 @@ class S3Writer:
 
     async def finish(self) -> Staged:
         gathered = self.gathered
-        if self.upload is None:  # one PutObject, of a body shorter than a part
+        held = self.storage.held_small
+        if self.upload is None and held.take(gathered.size):
+            # one PutObject, of a body shorter than a part, held in memory until the form
+            # it belongs to is complete
             part = gathered.part
             try:
                 body = bytes(part.data()) if part is not None else gathered.small
@@ -265,15 +269,23 @@ class S3Writer:
                 # buffer meanwhile, or a form of more files than the pool has buffers
                 # would wait for ever, and every other upload with it.
                 gathered.release()
-            checksum = await self._hash(body)
-            self.digests.verify()
+            try:
+                checksum = await self._hash(body)
+                self.digests.verify()
+            except BaseException:
+                held.give_back(len(body))
+                raise
             return S3SmallStaged(self.storage, self._info(), body, checksum, self.spec)
-        if gathered.size:
+        # a long body; or a short one when short bodies already hold HELD_SMALL_BYTES:
+        # it waits in S3, as a multipart upload of one part, not in memory
+        if gathered.size or self.upload is None:
             await gathered.flush(self._send)
-        await self.upload.drain()
+        upload = self.upload
+        assert upload is not None  # the flush started it
+        await upload.drain()
         self.digests.verify()
-        self.upload.info = self._info()
-        return self.upload
+        upload.info = self._info()
+        return upload
 
     async def abort(self) -> None:
         self.gathered.release()
@@ -292,6 +304,26 @@ class S3Writer:
             filename=spec.filename,
             metadata=dict(spec.metadata),
         )
+
+
+class HeldBytes:
+    """The bytes of short bodies that staged uploads hold in memory, in the whole process.
+    A form's files wait for its last one before any is committed; past `budget`, the next
+    short bodies wait in S3 instead (S3Writer.finish), so that a form of many files, or
+    many forms at once, cannot fill the memory."""
+
+    def __init__(self, budget: int):
+        self.budget = budget
+        self.held = 0
+
+    def take(self, size: int) -> bool:
+        if size and self.held + size > self.budget:
+            return False
+        self.held += size
+        return True
+
+    def give_back(self, size: int) -> None:
+        self.held -= size
 
 
 class S3SmallStaged(Staged):
@@ -325,6 +357,7 @@ class S3SmallStaged(Staged):
         return _with_time(self.info, _response_date(response))
 
     async def discard(self) -> None:
+        self.storage.held_small.give_back(len(self.body))
         self.body = b""
 
 
