@@ -17,7 +17,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect, sync_playwright
 
-from gateway.testing import RunningGateway, running_gateway
+from gateway.testing import RunningGateway, gateway_on_moto, running_gateway
 from tests.conftest import TOKENS, tokens_json
 from tests.helpers import MiB, wait_for
 
@@ -63,8 +63,17 @@ def browser() -> Iterator[Browser]:
         launched.close()
 
 
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
+@pytest.fixture(scope="module", params=["local", "s3"])
+def gateway(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningGateway]:
+    """The page's tests run on both backends: on S3, a form's files and a resumable
+    upload's chunks take other paths (parts, tail objects) behind the same page."""
+    if request.param == "s3":
+        with gateway_on_moto() as on_moto:
+            require_tus(on_moto.gateway)
+            yield on_moto.gateway
+        return
     with running_gateway(data_dir=tmp_path_factory.mktemp("page") / "data") as running:
         require_tus(running)
         yield running
