@@ -139,14 +139,15 @@ def machine() -> str:
     return "\n".join(line for line in result.stdout.splitlines() if line.startswith("|"))
 
 
-def record(section: str, body: str) -> None:
-    """Replace the text between this section's markers in RESULTS.md (or append it)."""
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+def record(section: str, body: str, path: Path = RESULTS) -> None:
+    """Replace the text between this section's markers in RESULTS.md (or append it),
+    leaving every other section as it is."""
+    text = path.read_text() if path.exists() else "# Benchmark results\n"
     begin, end = f"<!-- {section} -->", f"<!-- /{section} -->"
     block = f"{begin}\n{body}\n{end}"
     pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.DOTALL)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else f"{text}\n{block}\n"
-    RESULTS.write_text(text)
+    path.write_text(text)
 
 
 def main() -> None:

@@ -37,6 +37,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.compare import record
 from gateway.testing import gateway_on_moto, running_gateway
 
 KiB, MiB = 1024, 1024 * 1024
@@ -366,18 +367,6 @@ def report(results: list[dict[str, Any]], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace the soak section of the results file, keeping every other section."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    start = text.find(SECTION + "\n")
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + section + (text[end + 1 :] if end >= 0 else "")
-    path.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backend", choices=["local", "s3", "both"], default="both")
@@ -397,7 +386,7 @@ def main() -> None:
         for error in result["errors"]:
             print(f"{result['backend']}: {error}", file=sys.stderr)
     if args.write:
-        write_section(args.write, section)
+        record("soak", section, args.write)
     sys.exit(1 if any(result["errors"] for result in results) else 0)
 
 
