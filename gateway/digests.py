@@ -56,12 +56,15 @@ class Digests:
 
 
 async def batched(
-    chunks: AsyncIterable[Buffer], size: Callable[[], int]
+    chunks: AsyncIterable[Buffer],
+    size: Callable[[], int],
+    *,
+    keep_on: tuple[type[BaseException], ...] = (),
 ) -> AsyncIterator[list[Buffer]]:
     """Group chunks into lists of at least `size()` bytes (the last may be shorter); `size`
-    is asked once a batch. When `chunks` breaks off with an error (a client gone or
-    stalled), the chunks gathered so far are yielded before the error is raised: bytes
-    that arrived are not lost (a resumable upload keeps them)."""
+    is asked once a batch. When `chunks` breaks off with one of the `keep_on` errors (a
+    client gone or stalled), the chunks gathered so far are yielded before the error is
+    raised: bytes that arrived are not lost (a resumable upload keeps them)."""
     batch: list[Buffer] = []
     held, limit = 0, size()
     try:
@@ -71,7 +74,7 @@ async def batched(
             if held >= limit:
                 yield batch
                 batch, held, limit = [], 0, size()
-    except Exception:
+    except keep_on:
         if batch:
             yield batch
         raise

@@ -27,6 +27,8 @@ for the client and never holds a path, a secret or a traceback.
 
 from collections.abc import Mapping
 
+from starlette.requests import ClientDisconnect
+
 
 class GatewayError(Exception):
     status = 500
@@ -148,3 +150,8 @@ class BackendError(GatewayError):
 class BackendUnavailable(GatewayError):
     status, code = 503, "backend-unavailable"
     default_detail = "The storage backend cannot be reached."
+
+
+BROKEN_OFF: tuple[type[BaseException], ...] = (ClientDisconnect, ConnectionError, RequestTimeout)
+"""A request body that broke off: the client went away or stalled. What it sent before
+counts for a resumable upload; any other error keeps nothing of the request."""

@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.digests import batched
+from gateway.errors import TooLarge
 from gateway.storage.lanes import BackgroundHashes, Lane
 
 
@@ -159,9 +160,24 @@ async def test_batches_keep_what_arrived_before_the_stream_broke_off() -> None:
 
     got: list[list[bytes]] = []
     with pytest.raises(ConnectionResetError):
-        async for batch in batched(broken(), lambda: 500):
+        async for batch in batched(broken(), lambda: 500, keep_on=(ConnectionError,)):
             got.append([bytes(chunk) for chunk in batch])
     assert got == [[b"a" * 300, b"b" * 300], [b"c" * 100]]
+
+
+async def test_other_errors_keep_no_partial_batch() -> None:
+    """A body refused (too large, say) is not a body broken off: its partial batch is
+    not handed on, to be written and then taken back."""
+
+    async def refused() -> AsyncIterator[bytes]:
+        yield b"a" * 300
+        raise TooLarge("too large")
+
+    got = []
+    with pytest.raises(TooLarge):
+        async for batch in batched(refused(), lambda: 500, keep_on=(ConnectionError,)):
+            got.append(batch)
+    assert got == []
 
 
 async def test_a_cancelled_stream_yields_nothing_more() -> None:
@@ -171,6 +187,6 @@ async def test_a_cancelled_stream_yields_nothing_more() -> None:
 
     got = []
     with pytest.raises(asyncio.CancelledError):
-        async for batch in batched(cancelled(), lambda: 500):
+        async for batch in batched(cancelled(), lambda: 500, keep_on=(ConnectionError,)):
             got.append(batch)
     assert got == []

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from .base import Buffer
 
 ALIGN = 4096  # a multiple of every common logical block size (512, 4096)
-WRITERS = 8  # direct writes at once in the process: half the I/O threads, the rest hash
+WRITERS = 8  # direct writes at once in the process (four starved 16 uploads; 16: no better)
 
 
 class AlignedBuffers:

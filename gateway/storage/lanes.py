@@ -99,6 +99,8 @@ async def settled(future: "asyncio.Future[Any]") -> None:
     while not future.done():
         with contextlib.suppress(BaseException):
             await asyncio.shield(future)
+    if not future.cancelled():
+        future.exception()  # retrieved: the caller tells the first error, not this one
 
 
 class BackgroundHashes:

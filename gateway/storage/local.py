@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 import aiofiles.os
 
 from ..digests import Digests, Hasher, batched
-from ..errors import BackendError, BackendUnavailable, NotFound
+from ..errors import BROKEN_OFF, BackendError, BackendUnavailable, NotFound
 from ..ranges import ByteRange, RangeSpec, resolve_range
 from ..settings import Settings
 from .base import (
@@ -206,27 +206,29 @@ class LocalStorage(Storage):
         loop = asyncio.get_running_loop()
         appender = None if direct_from is None else Appender(fd, direct_from, self.aligned)
         append = partial(_append, fd) if appender is None else appender.append
-        hashing, writing = Lane(self._io, digests.update), Lane(self._io, append)
-        pending: deque[asyncio.Future[None]] = deque()  # hash and write of each batch
+        lanes = [Lane(self._io, digests.update), Lane(self._io, append)]
+        queued: list[deque[asyncio.Future[None]]] = [deque(), deque()]  # for each lane
         self.writers += 1
         completed = False
         try:
-            async for batch in batched(chunks, self.write_batch):
-                while len(pending) >= 2 * QUEUED:
-                    await _written(asyncio.shield(pending[0]))
-                    pending.popleft()
-                pending.append(hashing.submit(batch))
-                pending.append(writing.submit(batch))
-            while pending:
-                await _written(asyncio.shield(pending[0]))
-                pending.popleft()
+            async for batch in batched(chunks, self.write_batch, keep_on=BROKEN_OFF):
+                for lane, waiting in zip(lanes, queued, strict=True):
+                    while len(waiting) >= QUEUED:
+                        await _written(asyncio.shield(waiting[0]))
+                        waiting.popleft()
+                    waiting.append(lane.submit(batch))
+            for waiting in queued:
+                while waiting:
+                    await _written(asyncio.shield(waiting[0]))
+                    waiting.popleft()
             completed = True
         finally:
             self.writers -= 1
             # Whatever became of the request, no thread may still use `fd` once it is closed
             # (nor the appender, which `finish` uses next), however often it is cancelled.
-            for future in pending:
-                await settled(future)
+            for waiting in queued:
+                for future in waiting:
+                    await settled(future)
             if appender is not None:
                 finishing = loop.run_in_executor(self._io, appender.finish)
                 await settled(finishing)

@@ -33,10 +33,9 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from starlette.requests import ClientDisconnect
-
 from ..digests import HashChains
 from ..errors import (
+    BROKEN_OFF,
     BadRequest,
     ChunkChecksumMismatch,
     Conflict,
@@ -277,7 +276,7 @@ class S3Uploads(Uploads):
                     await hashing.add(chunk)
                     await gathered.add(chunk, send)
                 await hashing.done()
-            except (ClientDisconnect, ConnectionError, RequestTimeout) as exc:
+            except BROKEN_OFF as exc:
                 keep = checksum is None  # what arrived counts, unless it cannot be verified
                 if not keep:
                     raise
