@@ -1,5 +1,6 @@
 """multipart/form-data uploads, shared by POST /objects and the compatibility POST /upload/."""
 
+import asyncio
 import contextlib
 
 from fastapi import Request
@@ -54,15 +55,15 @@ async def store_form(
             principal.require("write", part_key)
             filename = sanitize_filename(part.filename) if part.filename else None
             spec = WriteSpec(
-                content_type=part.content_type or guess_type(part_key), filename=filename or None
+                content_type=part.content_type or guess_type(part_key),
+                filename=filename or None,
+                grouped=True,
             )
             staged.append(await storage.stage(part_key, limited(part.chunks(), limit), spec))
         if not staged:
             raise BadRequest(f"The form holds no file part named {FILE_FIELD!r}.")
     except BaseException:
-        for item in staged:
-            with contextlib.suppress(Exception):
-                await item.discard()
+        await asyncio.shield(_discard_all(staged))
         raise
     stored = await _commit_all(storage, staged)
     note_keys(request, (info.key for info in stored))
@@ -75,12 +76,23 @@ async def _commit_all(storage: Storage, staged: list[Staged]) -> list[ObjectInfo
         for item in staged:
             committed.append(await item.commit())
     except BaseException:
-        # A backend failure between two commits: take back the ones that went through.
-        for item in staged[len(committed) :]:
-            with contextlib.suppress(Exception):
-                await item.discard()
-        for info in committed:
-            with contextlib.suppress(Exception):
-                await storage.delete(info.key)
+        # A backend failure between two commits: take back the ones that went through,
+        # all of them even if the request is cancelled meanwhile.
+        await asyncio.shield(_take_back(storage, staged[len(committed) :], committed))
         raise
     return committed
+
+
+async def _take_back(storage: Storage, staged: list[Staged], committed: list[ObjectInfo]) -> None:
+    await _discard_all(staged)
+    for info in committed:
+        with contextlib.suppress(Exception):
+            await storage.delete(info.key)
+
+
+async def _discard_all(staged: list[Staged]) -> None:
+    """Discard every staged object, whichever of them fails (run shielded: a cancelled
+    request still gives back all that its files held)."""
+    for item in staged:
+        with contextlib.suppress(Exception):
+            await item.discard()

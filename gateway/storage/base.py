@@ -87,6 +87,7 @@ class WriteSpec:
     expect_md5: bytes | None = None  # Content-MD5, decoded
     expect_sha256: str | None = None  # X-Checksum-SHA256, lower-case hex
     size_hint: int | None = None  # the size announced (Content-Length), if any
+    grouped: bool = False  # staged to wait for other objects (a form's files) before commit
 
 
 @dataclass(frozen=True)

@@ -258,9 +258,10 @@ class S3Writer:
     async def finish(self) -> Staged:
         gathered = self.gathered
         held = self.storage.held_small
-        if self.upload is None and held.take(gathered.size):
-            # one PutObject, of a body shorter than a part, held in memory until the form
-            # it belongs to is complete
+        holds = gathered.size if self.spec.grouped else 0  # what waits for other files
+        if self.upload is None and held.take(holds):
+            # one PutObject, of a body shorter than a part, held in memory until its
+            # commit: right away, or once the rest of its form has arrived
             part = gathered.part
             try:
                 body = bytes(part.data()) if part is not None else gathered.small
@@ -273,11 +274,11 @@ class S3Writer:
                 checksum = await self._hash(body)
                 self.digests.verify()
             except BaseException:
-                held.give_back(len(body))
+                held.give_back(holds)
                 raise
-            return S3SmallStaged(self.storage, self._info(), body, checksum, self.spec)
-        # a long body; or a short one when short bodies already hold HELD_SMALL_BYTES:
-        # it waits in S3, as a multipart upload of one part, not in memory
+            return S3SmallStaged(self.storage, self._info(), body, checksum, self.spec, holds)
+        # a long body; or a short one of a form when short bodies already hold
+        # HELD_SMALL_BYTES: it waits in S3, as a multipart upload of one part
         if gathered.size or self.upload is None:
             await gathered.flush(self._send)
         upload = self.upload
@@ -307,10 +308,11 @@ class S3Writer:
 
 
 class HeldBytes:
-    """The bytes of short bodies that staged uploads hold in memory, in the whole process.
-    A form's files wait for its last one before any is committed; past `budget`, the next
+    """The bytes of short bodies that forms hold in memory, in the whole process: a form's
+    files wait for its last one before any is committed. Past `budget`, a form's next
     short bodies wait in S3 instead (S3Writer.finish), so that a form of many files, or
-    many forms at once, cannot fill the memory."""
+    many forms at once, cannot fill the memory. (A single PUT's body is committed right
+    away and not counted.)"""
 
     def __init__(self, budget: int):
         self.budget = budget
@@ -336,9 +338,11 @@ class S3SmallStaged(Staged):
         body: bytes | bytearray,
         checksum: dict[str, str],
         spec: WriteSpec,
+        held: int,
     ):
         self.storage, self.info, self.body, self.checksum = storage, info, body, checksum
         self.spec = spec
+        self.held = held  # of HeldBytes, given back once
 
     async def commit(self) -> ObjectInfo:
         params: dict[str, Any] = {
@@ -357,7 +361,8 @@ class S3SmallStaged(Staged):
         return _with_time(self.info, _response_date(response))
 
     async def discard(self) -> None:
-        self.storage.held_small.give_back(len(self.body))
+        self.storage.held_small.give_back(self.held)
+        self.held = 0
         self.body = b""
 
 
