@@ -72,10 +72,13 @@ async def test_idle_lanes_share_one_thread() -> None:
     with ThreadPoolExecutor(1) as pool:
         first: Lane[str, None] = Lane(pool, order.append)
         second: Lane[str, None] = Lane(pool, order.append)
-        for n in range(3):
-            await first.submit(f"a{n}")
-            await second.submit(f"b{n}")
-    assert order == ["a0", "b0", "a1", "b1", "a2", "b2"]
+        queued = [first.submit(f"a{n}") for n in range(3)]
+        queued += [second.submit(f"b{n}") for n in range(3)]
+        # a lane that kept the only thread would leave the other's calls waiting for ever
+        await asyncio.wait_for(asyncio.gather(*queued), 10)
+        # idle now, each gets the thread again
+        await asyncio.wait_for(asyncio.gather(second.submit("b3"), first.submit("a3")), 10)
+    assert order == ["a0", "a1", "a2", "b0", "b1", "b2", "b3", "a3"]
 
 
 async def test_a_cancelled_wait_leaves_the_call_running() -> None:
