@@ -33,9 +33,13 @@ class Lane(Generic[A, R]):
     loop's default executor for None).
 
     Once a call fails, later ones are not run: their futures end with the same error (a
-    writer must not write past a batch it failed to write)."""
+    writer must not write past a batch it failed to write).
 
-    def __init__(self, executor: Executor | None, call: Callable[[A], R]):
+    `put` is how a stream uses it: at most `queued` calls wait or run, `put` waits for
+    the oldest when they do, and `drain` waits for them all; either raises the first
+    error. `settle`, in a `finally`, waits until no thread runs a call any more."""
+
+    def __init__(self, executor: Executor | None, call: Callable[[A], R], queued: int = 2):
         self._executor = executor
         self._call = call
         self._loop = asyncio.get_running_loop()
@@ -43,6 +47,26 @@ class Lane(Generic[A, R]):
         self._lock = threading.Lock()
         self._draining = False
         self._failed: BaseException | None = None
+        self.queued = queued
+        self._pending: deque[asyncio.Future[R]] = deque()  # what `put` handed over
+
+    async def put(self, argument: A) -> None:
+        while len(self._pending) >= self.queued:
+            await self._oldest()
+        self._pending.append(self.submit(argument))
+
+    async def drain(self) -> None:
+        while self._pending:
+            await self._oldest()
+
+    async def settle(self) -> None:
+        for future in self._pending:
+            await settled(future)
+
+    async def _oldest(self) -> None:
+        # shielded: a cancelled request must not cancel the future of a call that runs
+        await asyncio.shield(self._pending[0])
+        self._pending.popleft()
 
     def submit(self, argument: A) -> "asyncio.Future[R]":
         future: asyncio.Future[R] = self._loop.create_future()
@@ -122,10 +146,9 @@ class BackgroundHashes:
 
     def __init__(self, hashes: "Sequence[_Hash]", executor: Executor | None = None):
         self.hashes = list(hashes)
-        self._lane: Lane[list[Buffer], None] = Lane(executor, self._update)
+        self._lane: Lane[list[Buffer], None] = Lane(executor, self._update, self.QUEUED)
         self._batch: list[Buffer] = []
         self._held = 0
-        self._pending: deque[asyncio.Future[None]] = deque()
 
     def _update(self, chunks: list[Buffer]) -> None:
         for chunk in chunks:
@@ -141,20 +164,14 @@ class BackgroundHashes:
             await self._submit()
 
     async def _submit(self) -> None:
-        while len(self._pending) >= self.QUEUED:
-            await asyncio.shield(self._pending[0])
-            self._pending.popleft()
-        self._pending.append(self._lane.submit(self._batch))
-        self._batch, self._held = [], 0
+        batch, self._batch, self._held = self._batch, [], 0
+        await self._lane.put(batch)
 
     async def done(self) -> None:
         """Wait until every chunk added so far is hashed."""
         if self._batch:
             await self._submit()
-        while self._pending:
-            await asyncio.shield(self._pending[0])
-            self._pending.popleft()
+        await self._lane.drain()
 
     async def settle(self) -> None:
-        for future in self._pending:
-            await settled(future)
+        await self._lane.settle()

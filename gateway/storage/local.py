@@ -28,7 +28,6 @@ import json
 import os
 import time
 import uuid
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -206,29 +205,22 @@ class LocalStorage(Storage):
         loop = asyncio.get_running_loop()
         appender = None if direct_from is None else Appender(fd, direct_from, self.aligned)
         append = partial(_append, fd) if appender is None else appender.append
-        lanes = [Lane(self._io, digests.update), Lane(self._io, append)]
-        queued: list[deque[asyncio.Future[None]]] = [deque(), deque()]  # for each lane
+        lanes = [Lane(self._io, digests.update, QUEUED), Lane(self._io, append, QUEUED)]
         self.writers += 1
         completed = False
         try:
             async for batch in batched(chunks, self.write_batch, keep_on=BROKEN_OFF):
-                for lane, waiting in zip(lanes, queued, strict=True):
-                    while len(waiting) >= QUEUED:
-                        await _written(asyncio.shield(waiting[0]))
-                        waiting.popleft()
-                    waiting.append(lane.submit(batch))
-            for waiting in queued:
-                while waiting:
-                    await _written(asyncio.shield(waiting[0]))
-                    waiting.popleft()
+                for lane in lanes:
+                    await _written(lane.put(batch))
+            for lane in lanes:
+                await _written(lane.drain())
             completed = True
         finally:
             self.writers -= 1
             # Whatever became of the request, no thread may still use `fd` once it is closed
             # (nor the appender, which `finish` uses next), however often it is cancelled.
-            for waiting in queued:
-                for future in waiting:
-                    await settled(future)
+            for lane in lanes:
+                await lane.settle()
             if appender is not None:
                 finishing = loop.run_in_executor(self._io, appender.finish)
                 await settled(finishing)
