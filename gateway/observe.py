@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from . import metrics
 from .lifecycle import Lifecycle
 from .logs import REQUEST_ID
+from .protocol import ZERO_COPY
 
 access_log = logging.getLogger("gateway.access")
 
@@ -99,6 +100,14 @@ class _Exchange:
         except OSError:
             self.client_gone = True
             raise
+        if message["type"] == ZERO_COPY:
+            count = message.get("count") or 0
+            sent = message.get("sent", count)  # how much the server got out
+            self.out += sent
+            if sent < count:
+                self.client_gone = True
+            elif not message.get("more_body", False):
+                self.complete = True
 
     def flush(self) -> None:
         if self.in_ > self._counted_in:

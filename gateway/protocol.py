@@ -8,14 +8,37 @@ keep-alive connection); else the client gets a 408 and the connection is closed.
 has its own limit, enforced where it is read (gateway.pacing). And a request the parser
 cannot read gets a 400 problem+json, like every other error, not uvicorn's plain text.
 
+It also offers the ASGI zero-copy send extension (`http.response.zerocopysend`): a body
+sent from an open file goes from the page cache to the socket with sendfile(2), never
+through the process's memory, in a worker thread (a read from disk may block) that
+gives its thread back while the client takes nothing. When the socket is not a plain TCP one, or
+still holds earlier bytes, the file is read and sent in chunks instead. The server sets
+the message's `sent` to the bytes that went out: fewer than `count` if the client left.
+
     uvicorn.run(app, http=functools.partial(GatewayHttpProtocol, head_timeout=30.0))
 """
 
 import asyncio
+import errno
 import json
+import os
+import select
+import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+
+from .storage.lanes import settled
+
+ZERO_COPY = "http.response.zerocopysend"
+# A step sends for at most STEP_SECONDS (a cancelled download waits for its step) and
+# gives its thread back once the client has taken nothing for FULL_WAIT_MS.
+STEP_SECONDS, FULL_WAIT_MS = 0.1, 20
+_SENDERS = ThreadPoolExecutor(32, thread_name_prefix="gateway-send")
+FALLBACK_CHUNK = 1024 * 1024
+_LOST = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN)
+_MORE, _FULL, _GONE, _END = range(4)  # how a sendfile step ended
 
 
 def _problem(status: int, title: str, detail: str) -> bytes:
@@ -53,6 +76,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if type(cycle) is RequestResponseCycle:  # a new request's, not an upgrade's
             cycle.__class__ = _Cycle
             cycle.body = _Body()  # type: ignore[assignment]
+            cycle.scope.setdefault("extensions", {})[ZERO_COPY] = {}
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -122,3 +146,130 @@ class _Cycle(RequestResponseCycle):
         if self.disconnected or self.response_complete:
             return {"type": "http.disconnect"}
         return {"type": "http.request", "body": self.body.take(), "more_body": self.more_body}
+
+    async def send(self, message: Any) -> None:
+        if message["type"] == ZERO_COPY:
+            await self._send_file(message)
+        else:
+            await super().send(message)
+
+    async def _send_file(self, message: Any) -> None:
+        """The zero-copy send extension: `count` bytes of `file` from `offset`."""
+        if self.flow.write_paused and not self.disconnected:
+            await self.flow.drain()
+        if self.disconnected:
+            message["sent"] = 0
+            return
+        if not self.response_started or self.response_complete or self.chunked_encoding:
+            raise RuntimeError(f"Unexpected ASGI message {ZERO_COPY!r}.")
+        file = message["file"]
+        fd = file if isinstance(file, int) else file.fileno()
+        offset = message.get("offset")
+        if offset is None:
+            offset = os.lseek(fd, 0, os.SEEK_CUR)
+        count = message.get("count")
+        if count is None:
+            count = os.fstat(fd).st_size - offset
+        message["sent"] = count
+        if self.scope["method"] != "HEAD" and count:
+            if count > self.expected_content_length:
+                raise RuntimeError("Response content longer than Content-Length")
+            if self._can_sendfile():
+                sent = await self._sendfile(fd, offset, count)
+                self.expected_content_length -= sent
+            else:
+                sent = await self._send_chunks(fd, offset, count)
+            message["sent"] = sent
+            if sent < count:  # the client left, or the file ended early
+                if not self.disconnected:
+                    self.transport.close()
+                return
+        # what uvicorn does at the end of a body
+        more_body = bool(message.get("more_body", False))
+        await super().send({"type": "http.response.body", "body": b"", "more_body": more_body})
+
+    def _can_sendfile(self) -> bool:
+        transport = self.transport
+        return (
+            transport.get_extra_info("socket") is not None
+            and transport.get_extra_info("sslcontext") is None
+            and not transport.get_write_buffer_size()  # no bytes before ours still queued
+        )
+
+    async def _sendfile(self, fd: int, offset: int, count: int) -> int:
+        """Send; return how much went (less than `count` if the client left)."""
+        loop = asyncio.get_running_loop()
+        # Ours to close: the transport may close its own descriptor meanwhile (the client
+        # left), and the number could then name another connection's socket.
+        out = os.dup(self.transport.get_extra_info("socket").fileno())
+        sent = 0
+        try:
+            while sent < count and not self.disconnected:
+                step = loop.run_in_executor(
+                    _SENDERS, _sendfile_step, out, fd, offset + sent, count - sent
+                )
+                try:
+                    went, outcome = await asyncio.shield(step)
+                except asyncio.CancelledError:
+                    await settled(step)  # it uses both descriptors until it ends
+                    raise
+                sent += went
+                if outcome == _FULL:
+                    await _writable(loop, out)  # a stalled client holds no thread
+                elif outcome != _MORE:
+                    break
+        finally:
+            os.close(out)
+        return sent
+
+    async def _send_chunks(self, fd: int, offset: int, count: int) -> int:
+        loop = asyncio.get_running_loop()
+        sent = 0
+        while sent < count and not self.disconnected:
+            size = min(count - sent, FALLBACK_CHUNK)
+            chunk = await loop.run_in_executor(None, os.pread, fd, size, offset + sent)
+            if not chunk:
+                break
+            await super().send({"type": "http.response.body", "body": chunk, "more_body": True})
+            sent += len(chunk)
+        return sent
+
+
+def _sendfile_step(out: int, fd: int, offset: int, count: int) -> tuple[int, int]:
+    """sendfile(2) to the non-blocking socket `out` for up to STEP_SECONDS, waiting up to
+    FULL_WAIT_MS whenever it is full: the bytes sent, and _MORE (time is up, or all
+    sent), _FULL (it stayed full), _GONE (the client left) or _END (the file ended)."""
+    poller = select.poll()
+    poller.register(out, select.POLLOUT)
+    deadline = time.monotonic() + STEP_SECONDS
+    sent = 0
+    while sent < count and time.monotonic() < deadline:
+        try:
+            went = os.sendfile(out, fd, offset + sent, count - sent)
+        except BlockingIOError:
+            if not poller.poll(FULL_WAIT_MS):
+                return sent, _FULL
+            continue
+        except OSError as exc:
+            if exc.errno in _LOST:
+                return sent, _GONE
+            raise
+        if not went:
+            return sent, _END
+        sent += went
+    return sent, _MORE
+
+
+async def _writable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
+    """Until the socket `fd` can take more bytes (or is closed, which the next step sees)."""
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_writer(fd, wake)
+    try:
+        await ready
+    finally:
+        loop.remove_writer(fd)

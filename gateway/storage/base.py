@@ -118,6 +118,12 @@ class ObjectReader(abc.ABC):
     @abc.abstractmethod
     def chunks(self) -> AsyncIterator[bytes]: ...
 
+    def file(self) -> tuple[int, int, int] | None:
+        """Where the bytes are, if in a local file: its descriptor, the offset and the
+        length of the bytes to serve (which a server may then send with sendfile(2)).
+        None (the default): only `chunks` has them."""
+        return None
+
     @abc.abstractmethod
     async def aclose(self) -> None: ...
 

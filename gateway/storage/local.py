@@ -364,10 +364,17 @@ class LocalReader(ObjectReader):
         self.storage, self.fd, self.info, self.range = storage, fd, info, byte_range
         self._closed = False
 
+    def file(self) -> tuple[int, int, int]:
+        span = self._span()
+        return self.fd, span.start, span.length
+
+    def _span(self) -> ByteRange:
+        return self.range or ByteRange(0, self.info.size - 1, self.info.size)
+
     async def chunks(self) -> AsyncIterator[bytes]:
         """The bytes in chunks, the next one read while this one is sent."""
         storage = self.storage
-        span = self.range or ByteRange(0, self.info.size - 1, self.info.size)
+        span = self._span()
         position, end = span.start, span.end + 1
         ahead: asyncio.Future[bytes] | None = None
 

@@ -1,0 +1,195 @@
+"""The HTTP protocol's zero-copy send (gateway.protocol): the bytes of a file, sent with
+sendfile(2) to a real socket, or read and written when the socket cannot take them."""
+
+import asyncio
+import hashlib
+import logging
+import os
+import socket
+import threading
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from uvicorn.protocols.http.flow_control import FlowControl
+
+from gateway.protocol import ZERO_COPY, _Cycle
+from gateway.testing import RunningGateway
+from tests.helpers import MiB, raw_request
+
+pytestmark = pytest.mark.anyio
+
+
+class _Transport(asyncio.Transport):
+    """A transport over one end of a socket pair, as far as the cycle uses one: what it
+    writes goes to the socket; `socket` None makes the cycle read and write instead."""
+
+    def __init__(self, sock: socket.socket | None, queued: int = 0) -> None:
+        super().__init__()
+        self.sock, self.queued, self.written = sock, queued, bytearray()
+        self.closed = False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self.sock if name == "socket" else default
+
+    def get_write_buffer_size(self) -> int:
+        return self.queued
+
+    def write(self, data: Any) -> None:
+        if self.sock is not None and not self.queued:
+            self.sock.setblocking(True)
+            self.sock.sendall(data)
+            self.sock.setblocking(False)
+        else:
+            self.written += data
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _cycle(transport: _Transport, method: str = "GET") -> _Cycle:
+    completed = threading.Event()
+    cycle = _Cycle(
+        scope={"method": method, "type": "http", "http_version": "1.1"},  # type: ignore[typeddict-item]
+        transport=transport,
+        flow=FlowControl(transport),
+        logger=logging.getLogger("test"),
+        access_logger=logging.getLogger("test"),
+        access_log=False,
+        default_headers=[],
+        message_event=asyncio.Event(),
+        expect_100_continue=False,
+        keep_alive=True,
+        on_response=completed.set,
+    )
+    cycle.completed = completed  # type: ignore[attr-defined]
+    return cycle
+
+
+async def _respond(cycle: _Cycle, path: Path, offset: int, count: int) -> dict[str, Any]:
+    await cycle.send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-length", str(count).encode())],
+        }
+    )
+    with path.open("rb") as file:
+        message = {"type": ZERO_COPY, "file": file, "offset": offset, "count": count}
+        await cycle.send(message)
+    return message
+
+
+def _read_all(sock: socket.socket, into: bytearray, size: int) -> None:
+    sock.setblocking(True)
+    while len(into) < size and (chunk := sock.recv(1 * MiB)):
+        into += chunk
+
+
+async def test_a_file_goes_out_through_the_socket_whole(tmp_path: Path) -> None:
+    data = os.urandom(24 * MiB + 123)
+    path = tmp_path / "object"
+    path.write_bytes(data)
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    received = bytearray()
+    # The socket takes a few hundred KiB at a time: the send waits for the reader again
+    # and again (without holding a thread meanwhile).
+    reader = threading.Thread(target=_read_all, args=(theirs, received, len(data) + 100))
+    reader.start()
+    cycle = _cycle(_Transport(ours))
+    try:
+        message = await _respond(cycle, path, 1000, len(data) - 1000)
+    finally:
+        ours.close()
+        reader.join(10)
+        theirs.close()
+    head, _, body = bytes(received).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK")
+    assert hashlib.sha256(body).digest() == hashlib.sha256(data[1000:]).digest()
+    assert message["sent"] == len(data) - 1000
+    assert cycle.response_complete and cycle.completed.is_set()  # type: ignore[attr-defined]
+
+
+async def test_without_a_plain_socket_the_file_is_read_and_written(tmp_path: Path) -> None:
+    data = os.urandom(3 * MiB + 5)
+    path = tmp_path / "object"
+    path.write_bytes(data)
+    for transport in (_Transport(None), _Transport(socket.socket(), queued=10)):
+        cycle = _cycle(transport)
+        message = await _respond(cycle, path, 5, len(data) - 5)
+        body = bytes(transport.written).partition(b"\r\n\r\n")[2]
+        assert body == data[5:]
+        assert message["sent"] == len(data) - 5
+        assert cycle.response_complete
+        if transport.sock is not None:
+            transport.sock.close()
+
+
+async def test_a_client_gone_ends_the_send_short(tmp_path: Path) -> None:
+    path = tmp_path / "object"
+    path.write_bytes(os.urandom(16 * MiB))
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    transport = _Transport(ours)
+    cycle = _cycle(transport)
+    sending = asyncio.ensure_future(_respond(cycle, path, 0, 16 * MiB))
+    # the client takes the response's head, then leaves
+    await asyncio.get_running_loop().run_in_executor(None, theirs.recv, 10)
+    theirs.close()
+    message = await asyncio.wait_for(sending, 10)
+    ours.close()
+    assert message["sent"] < 16 * MiB
+    assert transport.closed and not cycle.response_complete
+
+
+async def test_head_sends_no_body(tmp_path: Path) -> None:
+    path = tmp_path / "object"
+    path.write_bytes(b"x" * 1000)
+    transport = _Transport(None)
+    cycle = _cycle(transport, method="HEAD")
+    await _respond(cycle, path, 0, 1000)
+    assert bytes(transport.written).endswith(b"\r\n\r\n")
+    assert cycle.response_complete
+
+
+def test_downloads_on_one_connection_one_after_another(live: RunningGateway) -> None:
+    """Each response ends where its Content-Length says, so that the next one on the same
+    connection is read right; ranges included."""
+    data = os.urandom(9 * MiB + 7)
+    httpx.put(f"{live.url}/objects/kept.bin", content=data, timeout=30)
+    with httpx.Client(base_url=live.url, timeout=30) as client:
+        for headers, expected in [
+            ({}, data),
+            ({"Range": "bytes=100-2000000"}, data[100:2000001]),
+            ({"Range": "bytes=-7"}, data[-7:]),
+            ({}, data),
+        ]:
+            response = client.get("/objects/kept.bin", headers=headers)
+            assert response.content == expected
+        assert client.get("/healthz").status_code == 200
+
+
+def test_a_slow_reader_gets_every_byte(live: RunningGateway) -> None:
+    data = os.urandom(16 * MiB)
+    httpx.put(f"{live.url}/objects/slow.bin", content=data, timeout=30)
+    sock = raw_request(live, b"GET /objects/slow.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+    sock.settimeout(30)
+    received = bytearray()
+    while len(received) < len(data) + 200:
+        chunk = sock.recv(256 * 1024)
+        if not chunk:
+            break
+        received += chunk
+        if len(received) < 2 * MiB:
+            threading.Event().wait(0.05)  # a client slower than the server's socket
+        if b"\r\n\r\n" in received and len(received.partition(b"\r\n\r\n")[2]) == len(data):
+            break
+    sock.close()
+    head, _, body = bytes(received).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert body == data
