@@ -106,8 +106,6 @@ class _Exchange:
             self.out += sent
             if sent < count:
                 self.client_gone = True
-            elif not message.get("more_body", False):
-                self.complete = True
 
     def flush(self) -> None:
         if self.in_ > self._counted_in:

@@ -29,6 +29,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
+from .errors import BackendError
 from .storage.lanes import settled
 
 ZERO_COPY = "http.response.zerocopysend"
@@ -37,7 +38,13 @@ ZERO_COPY = "http.response.zerocopysend"
 STEP_SECONDS, FULL_WAIT_MS = 0.1, 20
 _SENDERS = ThreadPoolExecutor(32, thread_name_prefix="gateway-send")
 FALLBACK_CHUNK = 1024 * 1024
-_LOST = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN)
+# what sendfile(2) meets when the client is gone
+_LOST = (
+    *(errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN),
+    *(errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH),
+)
+SHORT = "The object's data is shorter than recorded."
+UNREADABLE = "The object's data could not be read."
 _MORE, _FULL, _GONE, _END = range(4)  # how a sendfile step ended
 
 
@@ -154,11 +161,13 @@ class _Cycle(RequestResponseCycle):
             await super().send(message)
 
     async def _send_file(self, message: Any) -> None:
-        """The zero-copy send extension: `count` bytes of `file` from `offset`."""
+        """The zero-copy send extension: `count` bytes of `file` from `offset`. Sets the
+        message's `sent`: fewer than `count` if the client left (the connection is then
+        closed). BackendError if the file cannot be read, or ends before `count`."""
         if self.flow.write_paused and not self.disconnected:
             await self.flow.drain()
+        message["sent"] = 0
         if self.disconnected:
-            message["sent"] = 0
             return
         if not self.response_started or self.response_complete or self.chunked_encoding:
             raise RuntimeError(f"Unexpected ASGI message {ZERO_COPY!r}.")
@@ -170,8 +179,9 @@ class _Cycle(RequestResponseCycle):
         count = message.get("count")
         if count is None:
             count = os.fstat(fd).st_size - offset
-        message["sent"] = count
-        if self.scope["method"] != "HEAD" and count:
+        if self.scope["method"] == "HEAD" or not count:
+            message["sent"] = count
+        else:
             if count > self.expected_content_length:
                 raise RuntimeError("Response content longer than Content-Length")
             if self._can_sendfile():
@@ -180,9 +190,8 @@ class _Cycle(RequestResponseCycle):
             else:
                 sent = await self._send_chunks(fd, offset, count)
             message["sent"] = sent
-            if sent < count:  # the client left, or the file ended early
-                if not self.disconnected:
-                    self.transport.close()
+            if sent < count:  # the client left
+                self.transport.close()
                 return
         # what uvicorn does at the end of a body
         more_body = bool(message.get("more_body", False))
@@ -216,21 +225,33 @@ class _Cycle(RequestResponseCycle):
                 sent += went
                 if outcome == _FULL:
                     await _writable(loop, out)  # a stalled client holds no thread
-                elif outcome != _MORE:
+                elif outcome == _END:
+                    raise BackendError(SHORT)
+                elif outcome == _GONE:
                     break
         finally:
             os.close(out)
         return sent
 
     async def _send_chunks(self, fd: int, offset: int, count: int) -> int:
+        """Read and send 1 MiB at a time; return how much went."""
         loop = asyncio.get_running_loop()
         sent = 0
         while sent < count and not self.disconnected:
             size = min(count - sent, FALLBACK_CHUNK)
-            chunk = await loop.run_in_executor(None, os.pread, fd, size, offset + sent)
+            reading = loop.run_in_executor(_SENDERS, os.pread, fd, size, offset + sent)
+            try:
+                chunk = await asyncio.shield(reading)
+            except asyncio.CancelledError:
+                await settled(reading)  # it uses the file until it ends
+                raise
+            except OSError as exc:
+                raise BackendError(UNREADABLE) from exc
             if not chunk:
-                break
+                raise BackendError(SHORT)
             await super().send({"type": "http.response.body", "body": chunk, "more_body": True})
+            if self.disconnected:
+                break
             sent += len(chunk)
         return sent
 
@@ -253,7 +274,7 @@ def _sendfile_step(out: int, fd: int, offset: int, count: int) -> tuple[int, int
         except OSError as exc:
             if exc.errno in _LOST:
                 return sent, _GONE
-            raise
+            raise BackendError(UNREADABLE) from exc  # the file's, not the client's
         if not went:
             return sent, _END
         sent += went

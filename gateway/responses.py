@@ -87,15 +87,14 @@ class ObjectResponse(StreamingResponse):
                     "headers": self.raw_headers,
                 }
             )
-            await send(
-                {
-                    "type": ZERO_COPY,
-                    "file": fd,
-                    "offset": offset,
-                    "count": count,
-                    "more_body": False,
-                }
-            )
+            sending = {"type": ZERO_COPY, "file": fd, "offset": offset, "count": count}
+            sending["more_body"] = True
+            await send(sending)
+            # The body ends with a message of its own, which middleware that watches for
+            # the end of a response expects. `sent`: what the server got out (our server
+            # says; any other is taken to have sent it all).
+            if sending.get("sent", count) == count:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             await self.reader.aclose()
 

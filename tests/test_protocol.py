@@ -14,6 +14,8 @@ import httpx
 import pytest
 from uvicorn.protocols.http.flow_control import FlowControl
 
+from gateway import protocol
+from gateway.errors import BackendError
 from gateway.protocol import ZERO_COPY, _Cycle
 from gateway.testing import RunningGateway
 from tests.helpers import MiB, raw_request
@@ -90,29 +92,60 @@ def _read_all(sock: socket.socket, into: bytearray, size: int) -> None:
         into += chunk
 
 
-async def test_a_file_goes_out_through_the_socket_whole(tmp_path: Path) -> None:
+async def test_a_file_goes_out_through_the_socket_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     data = os.urandom(24 * MiB + 123)
     path = tmp_path / "object"
     path.write_bytes(data)
     ours, theirs = socket.socketpair()
     ours.setblocking(False)
+    # The client reads nothing until the send has filled the socket, given its thread
+    # back and waits on the event loop for the socket to take more.
+    waiting = threading.Event()
+    wait_for_socket = protocol._writable
+
+    async def writable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
+        waiting.set()
+        await wait_for_socket(loop, fd)
+
+    monkeypatch.setattr(protocol, "_writable", writable)
     received = bytearray()
-    # The socket takes a few hundred KiB at a time: the send waits for the reader again
-    # and again (without holding a thread meanwhile).
-    reader = threading.Thread(target=_read_all, args=(theirs, received, len(data) + 100))
+
+    def read() -> None:
+        if waiting.wait(10):
+            _read_all(theirs, received, len(data) + 100)
+
+    reader = threading.Thread(target=read)
     reader.start()
     cycle = _cycle(_Transport(ours))
     try:
-        message = await _respond(cycle, path, 1000, len(data) - 1000)
+        message = await asyncio.wait_for(_respond(cycle, path, 1000, len(data) - 1000), 30)
     finally:
         ours.close()
         reader.join(10)
         theirs.close()
+    assert waiting.is_set()
     head, _, body = bytes(received).partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200 OK")
     assert hashlib.sha256(body).digest() == hashlib.sha256(data[1000:]).digest()
     assert message["sent"] == len(data) - 1000
     assert cycle.response_complete and cycle.completed.is_set()  # type: ignore[attr-defined]
+
+
+async def test_a_file_shorter_than_announced_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "object"
+    path.write_bytes(b"x" * 1000)
+    for sock in (socket.socketpair(), None):
+        transport = _Transport(sock[0] if sock else None)
+        if sock:
+            sock[0].setblocking(False)
+        cycle = _cycle(transport)
+        with pytest.raises(BackendError, match="shorter"):
+            await _respond(cycle, path, 0, 5000)
+        assert not cycle.response_complete
+        for end in sock or ():
+            end.close()
 
 
 async def test_without_a_plain_socket_the_file_is_read_and_written(tmp_path: Path) -> None:
@@ -150,10 +183,14 @@ async def test_a_client_gone_ends_the_send_short(tmp_path: Path) -> None:
 async def test_head_sends_no_body(tmp_path: Path) -> None:
     path = tmp_path / "object"
     path.write_bytes(b"x" * 1000)
-    transport = _Transport(None)
-    cycle = _cycle(transport, method="HEAD")
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    cycle = _cycle(_Transport(ours), method="HEAD")
     await _respond(cycle, path, 0, 1000)
-    assert bytes(transport.written).endswith(b"\r\n\r\n")
+    ours.close()
+    received = theirs.recv(65536)
+    theirs.close()
+    assert received.startswith(b"HTTP/1.1 200 OK") and received.endswith(b"\r\n\r\n")
     assert cycle.response_complete
 
 
