@@ -36,6 +36,10 @@ ZERO_COPY = "http.response.zerocopysend"
 # A step sends for at most STEP_SECONDS (a cancelled download waits for its step) and
 # gives its thread back once the client has taken nothing for FULL_WAIT_MS.
 STEP_SECONDS, FULL_WAIT_MS = 0.1, 20
+# At most this much a sendfile(2) call. Asked for all the rest at once, the kernel sent
+# 1 GiB to a client on loopback at 3.5 GB/s; 256 to 512 KiB a call, at 6.1 to 6.2 GB/s
+# with less CPU on both sides (64 KiB: 3.5 GB/s again).
+SENDFILE_CALL = 512 * 1024
 _SENDERS = ThreadPoolExecutor(32, thread_name_prefix="gateway-send")
 FALLBACK_CHUNK = 1024 * 1024
 # what sendfile(2) meets when the client is gone
@@ -266,7 +270,7 @@ def _sendfile_step(out: int, fd: int, offset: int, count: int) -> tuple[int, int
     sent = 0
     while sent < count and time.monotonic() < deadline:
         try:
-            went = os.sendfile(out, fd, offset + sent, count - sent)
+            went = os.sendfile(out, fd, offset + sent, min(count - sent, SENDFILE_CALL))
         except BlockingIOError:
             if not poller.poll(FULL_WAIT_MS):
                 return sent, _FULL
