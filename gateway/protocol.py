@@ -11,9 +11,10 @@ cannot read gets a 400 problem+json, like every other error, not uvicorn's plain
 It also offers the ASGI zero-copy send extension (`http.response.zerocopysend`): a body
 sent from an open file goes from the page cache to the socket with sendfile(2), never
 through the process's memory, in a worker thread (a read from disk may block) that
-gives its thread back while the client takes nothing. When the socket is not a plain TCP one, or
-still holds earlier bytes, the file is read and sent in chunks instead. The server sets
-the message's `sent` to the bytes that went out: fewer than `count` if the client left.
+gives its thread back while the client takes nothing. When the socket is not a plain
+TCP one, or still holds earlier bytes, the file is read and sent in chunks instead. The
+server sets the message's `sent` to the bytes that went out: fewer than `count` if the
+client left.
 
     uvicorn.run(app, http=functools.partial(GatewayHttpProtocol, head_timeout=30.0))
 """

@@ -87,8 +87,13 @@ class ObjectResponse(StreamingResponse):
                     "headers": self.raw_headers,
                 }
             )
-            sending = {"type": ZERO_COPY, "file": fd, "offset": offset, "count": count}
-            sending["more_body"] = True
+            sending = {
+                "type": ZERO_COPY,
+                "file": fd,
+                "offset": offset,
+                "count": count,
+                "more_body": True,
+            }
             await send(sending)
             # The body ends with a message of its own, which middleware that watches for
             # the end of a response expects. `sent`: what the server got out (our server
