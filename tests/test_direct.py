@@ -4,8 +4,9 @@ and on one that does not."""
 
 import errno
 import fcntl
+import mmap
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -13,13 +14,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.storage import direct
+from gateway.storage.base import Buffer
 from gateway.storage.direct import ALIGN, AlignedBuffers, Appender
 
 MiB = 1024 * 1024
 
 
 def append_all(
-    path: Path, start: bytes, batches: list[list[bytes]], buffers: AlignedBuffers
+    path: Path, start: bytes, batches: Sequence[Sequence[Buffer]], buffers: AlignedBuffers
 ) -> bool:
     """Write `start` plainly, then append the batches; whether O_DIRECT was used."""
     path.write_bytes(start)
@@ -93,14 +95,14 @@ def test_a_file_system_that_refuses_o_direct_gets_plain_writes(
     if refusal == "the flag":
         monkeypatch.setattr(direct, "_set_direct", refuse)
     else:  # the flag is taken, the first direct write is not (a block size above ALIGN)
-        real_pwrite = os.pwrite
+        real_pwritev = os.pwritev
 
-        def pwrite(fd: int, data: memoryview, position: int) -> int:
+        def pwritev(fd: int, views: list[memoryview], position: int) -> int:
             if fcntl.fcntl(fd, fcntl.F_GETFL) & getattr(os, "O_DIRECT", 0):
                 raise OSError(errno.EINVAL, "Invalid argument")
-            return real_pwrite(fd, data, position)
+            return real_pwritev(fd, views, position)
 
-        monkeypatch.setattr(os, "pwrite", pwrite)
+        monkeypatch.setattr(os, "pwritev", pwritev)
     buffers = AlignedBuffers()
     body = os.urandom(2 * MiB + 11)
     path = tmp_path / "data.bin"
@@ -117,19 +119,18 @@ def test_a_write_that_fails_midway_leaves_a_clean_prefix(
     from the batch before must not be written a second time)."""
     if not o_direct_works(tmp_path):
         pytest.skip("this file system refuses O_DIRECT")
-    real_pwrite = os.pwrite
+    real_pwritev = os.pwritev
     calls = []
 
-    def failing_pwrite(fd: int, data: memoryview, position: int) -> int:
-        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
-            calls.append(position)
-            if len(calls) == 2:  # the second batch: a short write of one block...
-                return real_pwrite(fd, data[:ALIGN], position)
-            if len(calls) == 3:  # ...then the disk fails
-                raise OSError(errno.EIO, "Input/output error")
-        return real_pwrite(fd, data, position)
+    def failing_pwritev(fd: int, views: list[memoryview], position: int) -> int:
+        calls.append(position)  # direct writes only: the buffered ones use pwrite
+        if len(calls) == 2:  # the second batch: a short write of one block...
+            return real_pwritev(fd, [views[0][:ALIGN]], position)
+        if len(calls) == 3:  # ...then the disk fails
+            raise OSError(errno.EIO, "Input/output error")
+        return real_pwritev(fd, views, position)
 
-    monkeypatch.setattr(os, "pwrite", failing_pwrite)
+    monkeypatch.setattr(os, "pwritev", failing_pwritev)
     body = os.urandom(6 * ALIGN + 100)
     path = tmp_path / "data.bin"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT)
@@ -143,3 +144,42 @@ def test_a_write_that_fails_midway_leaves_a_clean_prefix(
         os.close(fd)
     stored = path.read_bytes()
     assert body.startswith(stored)
+
+
+def test_chunks_read_into_aligned_buffers_are_written_where_they_are(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whole aligned blocks go to the disk from the reader's own buffers (no staging copy);
+    an unaligned tail is carried, and the file holds exactly the bytes."""
+    if not o_direct_works(tmp_path):
+        pytest.skip("this file system refuses O_DIRECT")
+    body = os.urandom(3 * MiB + 777)
+    first, second = direct.aligned_buffer(2 * MiB), direct.aligned_buffer(MiB + 777)
+    first[:] = body[: 2 * MiB]
+    second[:] = body[2 * MiB :]
+    buffers = AlignedBuffers()
+
+    def no_staging(size: int) -> None:
+        raise AssertionError("an aligned chunk was copied into a staging buffer")
+
+    monkeypatch.setattr(buffers, "take", no_staging)
+    assert append_all(tmp_path / "data.bin", b"", [[first[:MiB], first[MiB:]], [second]], buffers)
+    assert (tmp_path / "data.bin").read_bytes() == body
+
+
+def test_unaligned_chunks_still_go_through_a_staging_buffer(tmp_path: Path) -> None:
+    body = os.urandom(2 * MiB)
+    buffer = direct.aligned_buffer(2 * MiB + 1)
+    buffer[1:] = body
+    taken: list[int] = []
+    buffers = AlignedBuffers()
+    real_take = buffers.take
+
+    def take(size: int) -> mmap.mmap:
+        taken.append(size)
+        return real_take(size)
+
+    buffers.take = take  # type: ignore[method-assign]
+    direct_used = append_all(tmp_path / "data.bin", b"", [[buffer[1:]]], buffers)
+    assert (tmp_path / "data.bin").read_bytes() == body
+    assert bool(taken) == direct_used == o_direct_works(tmp_path)
