@@ -4,15 +4,24 @@ import base64
 import binascii
 import mimetypes
 import re
-from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
 
 from starlette.requests import Request
 
 from .errors import BadRequest, InvalidKey, TooLarge
 from .keys import decode_path_key
 from .pacing import paced
+from .protocol import READ_INTO
 from .settings import Settings
 from .storage.base import Buffer, WriteSpec
+from .storage.direct import aligned_buffer
+
+# Bodies read into buffers (client_buffers) are read in chunks of 256 KiB to 1 MiB,
+# smaller as more of them are read at once: each holds up to about four chunks (one
+# being read, the others queued for hashing and writing), so memory stays bounded.
+# (Per byte, 1 MiB chunks cost a third less CPU than 512 KiB ones.)
+CHUNK_MIN, CHUNK_MAX, CHUNK_BUDGET = 256 * 1024, 1024 * 1024, 16 * 1024 * 1024
+_reading = 0  # bodies being read into buffers
 
 META_PREFIX = "x-meta-"
 MAX_METADATA_BYTES = 2048
@@ -123,6 +132,47 @@ def client_body(request: Request) -> AsyncIterator[bytes]:
     window = settings.body_idle_timeout.total_seconds()
     min_bytes = max(1, int(settings.body_min_rate * window))
     return paced(request.stream(), window, min_bytes)
+
+
+def client_buffers(request: Request) -> AsyncIterator[Buffer]:
+    """The request body as client_body gives it, read straight into buffers of BODY_CHUNK
+    (aligned for O_DIRECT writes, gateway.storage.direct) when the server offers to
+    (gateway.protocol's READ_INTO): no copy of the bytes in the process on the way."""
+    extension = request.scope.get("extensions", {}).get(READ_INTO)
+    if extension is None:
+        return client_body(request)
+    settings: Settings = request.app.state.settings
+    window = settings.body_idle_timeout.total_seconds()
+    min_bytes = max(1, int(settings.body_min_rate * window))
+    return paced(_read_into(extension["readinto"], declared_size(request)), window, min_bytes)
+
+
+async def _read_into(
+    readinto: Callable[[memoryview], Awaitable[int]], size: int | None
+) -> AsyncIterator[Buffer]:
+    """Each buffer filled to the brim goes on as it is; one the client left part-empty
+    (it paused) is copied out, and filled again: a trickle never pins whole buffers."""
+    global _reading
+    _reading += 1
+    try:
+        left = size
+        buffer: memoryview | None = None
+        while left is None or left > 0:
+            if buffer is None:
+                chunk = max(CHUNK_MIN, min(CHUNK_MAX, CHUNK_BUDGET // (4 * _reading)))
+                buffer = aligned_buffer(chunk if left is None else min(chunk, left))
+            filled = await readinto(buffer)
+            if not filled:
+                return
+            if left is not None:
+                left -= filled
+            if filled == len(buffer):
+                yield buffer
+                buffer = None
+            else:
+                yield bytes(buffer[:filled])
+    finally:
+        _reading -= 1
 
 
 async def limited(chunks: AsyncIterable[Buffer], limit: int) -> AsyncIterator[Buffer]:

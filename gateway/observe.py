@@ -15,16 +15,16 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import metrics
 from .lifecycle import Lifecycle
 from .logs import REQUEST_ID
-from .protocol import ZERO_COPY
+from .protocol import READ_INTO, ZERO_COPY
 
 access_log = logging.getLogger("gateway.access")
 
@@ -61,12 +61,13 @@ class _Exchange:
     """One request's bytes and status, seen through its receive and send."""
 
     __slots__ = (
-        *("_receive", "_send", "_counted_in", "_counted_out"),
+        *("_receive", "_send", "_readinto", "_counted_in", "_counted_out"),
         *("client_gone", "complete", "header", "in_", "out", "status"),
     )
 
     def __init__(self, receive: Receive, send: Send, request_id: str) -> None:
         self._receive, self._send = receive, send
+        self._readinto: Callable[[memoryview], Awaitable[int]] | None = None
         self.header = (REQUEST_ID_HEADER, request_id.encode("ascii"))
         self.in_ = self.out = self._counted_in = self._counted_out = 0
         self.status = 0
@@ -76,13 +77,34 @@ class _Exchange:
         message = await self._receive()
         body = message.get("body")
         if body:
-            self.in_ += len(body)
-            if self.in_ - self._counted_in >= COUNT_EVERY:
-                metrics.BYTES_RECEIVED.inc(self.in_ - self._counted_in)
-                self._counted_in = self.in_
+            self._received(len(body))
         elif message["type"] == "http.disconnect" and not self.complete:
             self.client_gone = True
         return message
+
+    def watch_readinto(self, scope: Scope) -> None:
+        """Count what the READ_INTO extension (gateway.protocol) reads, too."""
+        extensions = scope.get("extensions") or {}
+        if READ_INTO in extensions:
+            self._readinto = extensions[READ_INTO]["readinto"]
+            scope["extensions"] = {**extensions, READ_INTO: {"readinto": self.readinto}}
+
+    async def readinto(self, view: memoryview) -> int:
+        assert self._readinto is not None
+        try:
+            filled = await self._readinto(view)
+        except ClientDisconnect:
+            if not self.complete:
+                self.client_gone = True
+            raise
+        self._received(filled)
+        return filled
+
+    def _received(self, size: int) -> None:
+        self.in_ += size
+        if self.in_ - self._counted_in >= COUNT_EVERY:
+            metrics.BYTES_RECEIVED.inc(self.in_ - self._counted_in)
+            self._counted_in = self.in_
 
     async def send(self, message: Message) -> None:
         if message["type"] == "http.response.body":
@@ -135,6 +157,7 @@ class Observe:
         rid = request_id(scope["headers"])
         token = REQUEST_ID.set(rid)
         exchange = _Exchange(receive, send, rid)
+        exchange.watch_readinto(scope)
         upload = is_upload(scope["method"], scope["path"])
         if upload:
             metrics.UPLOADS_IN_PROGRESS.inc()

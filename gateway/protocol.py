@@ -16,7 +16,14 @@ TCP one, or still holds earlier bytes, the file is read and sent in chunks inste
 server sets the message's `sent` to the bytes that went out: fewer than `count` if the
 client left.
 
-    uvicorn.run(app, http=functools.partial(GatewayHttpProtocol, head_timeout=30.0))
+And it reads request bodies into the app's own buffers. uvloop gives a plain protocol each
+read as a new bytes object, which the parser copies once more for the body; here the
+socket is read into a buffer (`buffered_protocol` wraps the protocol for uvloop), and
+once a body of known length has begun, its bytes go past the parser: into the buffer the
+app offers with the `gateway.http.readinto` extension when it waits for one (no copy at
+all), else into the request's body as for any app.
+
+    uvicorn.run(app, http=functools.partial(buffered_protocol, head_timeout=30.0))
 """
 
 import asyncio
@@ -24,16 +31,24 @@ import errno
 import json
 import os
 import select
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import httptools
+from starlette.requests import ClientDisconnect
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from .errors import BackendError
 from .storage.lanes import settled
 
 ZERO_COPY = "http.response.zerocopysend"
+READ_INTO = "gateway.http.readinto"
+# A read into the app's buffer returns before the buffer is full once FILL_WAIT seconds
+# pass with some bytes in it (a slow client), and at the end of the body.
+FILL_WAIT = 0.05
+SCRATCH = 256 * 1024  # what one read takes when no app buffer waits (uvloop's own size)
 # A step sends for at most STEP_SECONDS (a cancelled download waits for its step) and
 # gives its thread back once the client has taken nothing for FULL_WAIT_MS.
 STEP_SECONDS, FULL_WAIT_MS = 0.1, 20
@@ -67,11 +82,29 @@ def _problem(status: int, title: str, detail: str) -> bytes:
 _TIMED_OUT = _problem(408, "Request Timeout", "The request's headers did not arrive in time.")
 
 
+class _Scratch(threading.local):
+    """Where a read goes when no app buffer waits for it: one per thread (one per event
+    loop), as its bytes are copied out before the next read."""
+
+    def __init__(self) -> None:
+        self.view = memoryview(bytearray(SCRATCH))
+
+
+_SCRATCH = _Scratch()
+
+
 class GatewayHttpProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, head_timeout: float, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.head_timeout = head_timeout
         self._head_timer: asyncio.TimerHandle | None = None
+        # Bytes of the current request's body still to come. Once its first read is
+        # parsed, they bypass the parser (which is replaced at the end of the body).
+        self._left = 0
+        self._sink: memoryview | None = None  # the app's buffer, while it waits for one
+        self._filled = 0  # how much of it holds body bytes
+        self._waiter: asyncio.Future[None] | None = None
+        self._fill_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -88,11 +121,93 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if type(cycle) is RequestResponseCycle:  # a new request's, not an upgrade's
             cycle.__class__ = _Cycle
             cycle.body = _Body()  # type: ignore[assignment]
-            cycle.scope.setdefault("extensions", {})[ZERO_COPY] = {}
+            cycle.protocol = self  # type: ignore[attr-defined]
+            extensions = cycle.scope.setdefault("extensions", {})
+            extensions[ZERO_COPY] = {}
+            extensions[READ_INTO] = {"readinto": cycle.readinto}  # type: ignore[attr-defined]
+            self._left = _content_length(self.headers)
+
+    def on_body(self, body: bytes) -> None:
+        self._left = max(0, self._left - len(body))
+        super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        self._left = 0
+        super().on_message_complete()
+        self._wake()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         super().connection_lost(exc)
+        self._wake()
+
+    # --- reading into buffers (see buffered_protocol) -------------------------------------
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self._sink is not None:
+            room = min(len(self._sink) - self._filled, self._left)
+            return self._sink[self._filled : self._filled + room]
+        return _SCRATCH.view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._sink is not None:
+            self._filled += nbytes
+            self._left -= nbytes
+            if not self._left:
+                self._sink = None
+                self._end_body()
+            elif self._filled == len(self._sink):
+                self._sink = None  # full: the next bytes wait in the socket for the app
+                self.flow.pause_reading()
+                self._wake()
+            return
+        view = _SCRATCH.view
+        if self._left and self.parser is not None:  # the rest of a body: the parser waits
+            self._unset_keepalive_if_required()
+            taken = min(nbytes, self._left)
+            self.on_body(bytes(view[:taken]))
+            if self._left:
+                return
+            self._end_body()
+            if taken == nbytes:
+                return
+            view = view[taken:]
+            nbytes -= taken
+        self.data_received(bytes(view[:nbytes]))
+
+    def _end_body(self) -> None:
+        """The body ended past the parser: a fresh parser for the next request."""
+        self.parser = httptools.HttpRequestParser(self)
+        self.parser.set_dangerous_leniencies(lenient_data_after_close=True)  # as uvicorn's
+        self.on_message_complete()
+
+    async def fill(self, sink: memoryview, filled: int) -> int:
+        """Read the body into `sink` after its first `filled` bytes until it is full, the
+        body ends, or FILL_WAIT passes with bytes in it; return how much it then holds."""
+        self._sink, self._filled = sink, filled
+        self._waiter = self.loop.create_future()
+        self._fill_timer = self.loop.call_later(FILL_WAIT, self._fill_waited)
+        self.flow.resume_reading()
+        try:
+            await self._waiter
+        finally:
+            if self._fill_timer is not None:
+                self._fill_timer.cancel()
+            if self._sink is not None and self._left and not self.transport.is_closing():
+                self.flow.pause_reading()  # until the app asks for more
+            filled, self._sink, self._waiter, self._fill_timer = self._filled, None, None, None
+        return filled
+
+    def _fill_waited(self) -> None:
+        if self._filled:
+            self._fill_timer = None
+            self._wake()
+        else:
+            self._fill_timer = self.loop.call_later(FILL_WAIT, self._fill_waited)
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     def send_400_response(self, msg: str) -> None:
         # uvicorn's answer to a request it cannot parse is text/plain; errors here are
@@ -118,6 +233,54 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
+class _Buffered(asyncio.BufferedProtocol):
+    """What uvloop is given: it reads into buffers for a protocol that is not an
+    asyncio.Protocol, as uvicorn's is."""
+
+    __slots__ = ("http",)
+
+    def __init__(self, http: GatewayHttpProtocol) -> None:
+        self.http = http
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.http.connection_made(transport)  # type: ignore[arg-type]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.http.connection_lost(exc)
+
+    def eof_received(self) -> None:
+        self.http.eof_received()
+
+    def pause_writing(self) -> None:
+        self.http.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.http.resume_writing()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.http.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.http.buffer_updated(nbytes)
+
+
+def buffered_protocol(*args: Any, **kwargs: Any) -> _Buffered:
+    """A GatewayHttpProtocol (same arguments) that reads into buffers."""
+    return _Buffered(GatewayHttpProtocol(*args, **kwargs))
+
+
+def _content_length(headers: list[tuple[bytes, bytes]]) -> int:
+    """The body's length, or 0 when it is chunked or has none (the parser, which checked
+    the headers already, then reads it all)."""
+    length = 0
+    for name, value in headers:
+        if name == b"transfer-encoding":
+            return 0
+        if name == b"content-length" and value.strip().isdigit():
+            length = int(value)
+    return length
+
+
 class _Body:
     """A request body as it arrived: the parser's chunks kept as they are. uvicorn appends
     them to a bytearray, whose growth copies them again and again while the app is busy,
@@ -141,16 +304,31 @@ class _Body:
         chunks, self.chunks, self.size = self.chunks, [], 0
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
+    def take_into(self, view: memoryview) -> int:
+        """Move as many bytes as fit into `view`; return how many."""
+        at = 0
+        while self.chunks and at < len(view):
+            chunk = self.chunks[0]
+            taken = min(len(chunk), len(view) - at)
+            view[at : at + taken] = chunk[:taken]
+            at += taken
+            if taken == len(chunk):
+                self.chunks.pop(0)
+            else:
+                self.chunks[0] = chunk[taken:]
+        self.size -= at
+        return at
+
 
 class _Cycle(RequestResponseCycle):
     """uvicorn's request cycle, handing the app the chunks of a _Body."""
 
     body: _Body  # type: ignore[assignment]
 
+    protocol: GatewayHttpProtocol
+
     async def receive(self) -> Any:
-        if self.waiting_for_100_continue and not self.transport.is_closing():
-            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            self.waiting_for_100_continue = False
+        self._continue()
         if not self.disconnected and not self.response_complete:
             self.flow.resume_reading()
             await self.message_event.wait()
@@ -158,6 +336,37 @@ class _Cycle(RequestResponseCycle):
         if self.disconnected or self.response_complete:
             return {"type": "http.disconnect"}
         return {"type": "http.request", "body": self.body.take(), "more_body": self.more_body}
+
+    async def readinto(self, view: memoryview) -> int:
+        """The READ_INTO extension: the body's next bytes into `view`, until it is full,
+        the body ends, or the client pauses (FILL_WAIT) with bytes in it; how many (0 at
+        the end of the body). ClientDisconnect once the client has left."""
+        self._continue()
+        filled = self.body.take_into(view)
+        protocol = self.protocol
+        while filled < len(view) and not (self.disconnected or self.response_complete):
+            if not self.more_body and not self.body:
+                return filled  # the end of the body
+            if self.body:
+                filled += self.body.take_into(view[filled:])
+            elif protocol.cycle is self and protocol._left:  # past the parser
+                filled = await protocol.fill(view, filled)
+                if filled:
+                    return filled  # else the client left
+            elif filled:
+                return filled
+            else:  # a chunked body, through the parser
+                self.flow.resume_reading()
+                await self.message_event.wait()
+                self.message_event.clear()
+        if filled or not (self.disconnected or self.response_complete):
+            return filled
+        raise ClientDisconnect()
+
+    def _continue(self) -> None:
+        if self.waiting_for_100_continue and not self.transport.is_closing():
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self.waiting_for_100_continue = False
 
     async def send(self, message: Any) -> None:
         if message["type"] == ZERO_COPY:

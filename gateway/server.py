@@ -23,7 +23,7 @@ def serve(settings: Settings, overrides: Mapping[str, Any]) -> None:
     import uvicorn
 
     from .logs import configure_logging
-    from .protocol import GatewayHttpProtocol
+    from .protocol import buffered_protocol
 
     refuse_open_exposure(settings)
     configure_logging(settings.log_level, settings.log_format)
@@ -32,7 +32,7 @@ def serve(settings: Settings, overrides: Mapping[str, Any]) -> None:
         "port": settings.port,
         # httptools, with a deadline on request heads (a partial: workers get it pickled)
         "http": functools.partial(
-            GatewayHttpProtocol, head_timeout=settings.header_timeout.total_seconds()
+            buffered_protocol, head_timeout=settings.header_timeout.total_seconds()
         ),
         "loop": "uvloop",
         "access_log": False,  # gateway.observe writes the access log

@@ -3,6 +3,7 @@ sendfile(2) to a real socket, or read and written when the socket cannot take th
 
 import asyncio
 import hashlib
+import json
 import logging
 import os
 import socket
@@ -230,3 +231,113 @@ def test_a_slow_reader_gets_every_byte(live: RunningGateway) -> None:
     head, _, body = bytes(received).partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200 ")
     assert body == data
+
+
+# --- request bodies read into the app's buffers ------------------------------------------
+
+
+def _responses(sock: socket.socket, count: int) -> list[tuple[bytes, bytes]]:
+    """`count` responses with Content-Length bodies, read off one connection."""
+    sock.settimeout(30)
+    data, out = b"", list[tuple[bytes, bytes]]()
+    while len(out) < count:
+        head_end = data.find(b"\r\n\r\n")
+        if head_end >= 0:
+            head = data[:head_end]
+            length = next(
+                int(line.split(b":", 1)[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            )
+            if len(data) >= head_end + 4 + length:
+                out.append((head, data[head_end + 4 : head_end + 4 + length]))
+                data = data[head_end + 4 + length :]
+                continue
+        chunk = sock.recv(1 * MiB)
+        assert chunk, "the connection closed early"
+        data += chunk
+    return out
+
+
+def test_pipelined_uploads_each_get_their_own_bytes(live: RunningGateway) -> None:
+    """Bodies that go past the parser end exactly where their Content-Length says: the
+    requests sent right behind them, in the same packets, are read as requests."""
+    first, second = os.urandom(5 * MiB + 3), os.urandom(2 * MiB + 11)
+    requests = b"".join(
+        [
+            b"PUT /objects/one.bin HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(first),
+            first,
+            b"PUT /objects/two.bin HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(second),
+            second,
+            b"GET /objects/one.bin HTTP/1.1\r\nHost: x\r\n\r\n",
+        ]
+    )
+    sock = raw_request(live, requests)
+    try:
+        (head1, body1), (head2, body2), (head3, body3) = _responses(sock, 3)
+    finally:
+        sock.close()
+    assert head1.startswith(b"HTTP/1.1 201 ") and head2.startswith(b"HTTP/1.1 201 ")
+    assert json.loads(body1)["sha256"] == hashlib.sha256(first).hexdigest()
+    assert json.loads(body2)["sha256"] == hashlib.sha256(second).hexdigest()
+    assert head3.startswith(b"HTTP/1.1 200 ") and body3 == first
+
+
+def test_a_client_that_expects_100_continue_gets_it(live: RunningGateway) -> None:
+    data = os.urandom(3 * MiB + 5)
+    head = (
+        b"PUT /objects/expect.bin HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(data)
+    )
+    sock = raw_request(live, head)
+    try:
+        sock.settimeout(30)
+        interim = b""
+        while b"\r\n\r\n" not in interim:
+            interim += sock.recv(1)
+        assert interim.startswith(b"HTTP/1.1 100 ")
+        sock.sendall(data)
+        ((final, _),) = _responses(sock, 1)
+    finally:
+        sock.close()
+    assert final.startswith(b"HTTP/1.1 201 ")
+    assert httpx.get(f"{live.url}/objects/expect.bin", timeout=30).content == data
+
+
+def test_a_body_that_pauses_is_stored_whole(live: RunningGateway) -> None:
+    """A client that stops partway (a buffer is handed on part-full after FILL_WAIT) and
+    goes on later; and a chunked body, which the parser reads."""
+    data = os.urandom(3 * MiB + 99)
+    head = b"PUT /objects/paused.bin HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(data)
+    sock = raw_request(live, head, data[: MiB + 5])
+    try:
+        threading.Event().wait(4 * protocol.FILL_WAIT)  # the pause is the case under test
+        sock.sendall(data[MiB + 5 :])
+        ((final, _),) = _responses(sock, 1)
+    finally:
+        sock.close()
+    assert final.startswith(b"HTTP/1.1 201 ")
+
+    def chunked() -> Any:
+        yield data[:1000]
+        yield data[1000:]
+
+    response = httpx.put(f"{live.url}/objects/chunked.bin", content=chunked(), timeout=30)
+    assert response.status_code == 201
+    for key in ("paused.bin", "chunked.bin"):
+        assert httpx.get(f"{live.url}/objects/{key}", timeout=30).content == data
+
+
+def test_bytes_read_into_buffers_are_counted(live: RunningGateway) -> None:
+    def received() -> float:
+        page = httpx.get(f"{live.url}/metrics", timeout=30).text
+        return next(
+            float(line.split()[-1])
+            for line in page.splitlines()
+            if line.startswith("gateway_bytes_received_total ")
+        )
+
+    before = received()
+    data = os.urandom(9 * MiB + 1)
+    assert httpx.put(f"{live.url}/objects/counted.bin", content=data).status_code == 201
+    assert received() - before == len(data)

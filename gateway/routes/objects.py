@@ -12,7 +12,7 @@ from ..auth import OPENAPI_BEARER, authorize
 from ..conditions import Outcome, evaluate, if_range_allows
 from ..deps import SettingsDep, StorageDep
 from ..errors import BadRequest, NotFound, PreconditionFailed, RangeNotSatisfiable
-from ..intake import check_declared_size, client_body, limited, path_key, write_spec
+from ..intake import check_declared_size, client_buffers, limited, path_key, write_spec
 from ..keys import has_control
 from ..ranges import parse_range, resolve_range
 from ..responses import head_response, refusal, stream_response
@@ -54,7 +54,7 @@ async def put_object(request: Request, storage: StorageDep, settings: SettingsDe
     spec = write_spec(request, key)
     if spec.create_only and await _exists(storage, key):
         raise PreconditionFailed("An object with this key exists (If-None-Match: *).")
-    info = await storage.put(key, limited(client_body(request), limit), spec)
+    info = await storage.put(key, limited(client_buffers(request), limit), spec)
     return JSONResponse(
         info.to_json(), 201, headers={"ETag": info.etag, "Location": object_url(request, info.key)}
     )

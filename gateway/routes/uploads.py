@@ -23,7 +23,7 @@ from .. import tus
 from ..auth import OPENAPI_BEARER, authenticate, authorize
 from ..deps import SettingsDep, StorageDep
 from ..errors import BadRequest, GatewayError, NotFound, TooLarge, UnsupportedMediaType
-from ..intake import client_body, declared_size, guess_type, limited
+from ..intake import client_buffers, declared_size, guess_type, limited
 from ..metrics import tus_event
 from ..problems import problem
 from ..schemas import problems
@@ -263,7 +263,7 @@ async def append(
     declared = declared_size(request)
     if known is not None and declared is not None and offset + declared > known:
         raise TooLarge("The chunk goes past the upload's length.")
-    body = limited(client_body(request), int(settings.max_upload_bytes))
+    body = limited(client_buffers(request), int(settings.max_upload_bytes))
     after = await uploads.append(
         state.id,
         offset,
