@@ -21,6 +21,7 @@ from .storage.direct import aligned_buffer
 # being read, the others queued for hashing and writing), so memory stays bounded.
 # (Per byte, 1 MiB chunks cost a third less CPU than 512 KiB ones.)
 CHUNK_MIN, CHUNK_MAX, CHUNK_BUDGET = 256 * 1024, 1024 * 1024, 16 * 1024 * 1024
+CHUNK_START = 64 * 1024  # the first read of a body, and the next after a pause
 _reading = 0  # bodies being read into buffers
 
 META_PREFIX = "x-meta-"
@@ -150,27 +151,34 @@ def client_buffers(request: Request) -> AsyncIterator[Buffer]:
 async def _read_into(
     readinto: Callable[[memoryview], Awaitable[int]], size: int | None
 ) -> AsyncIterator[Buffer]:
-    """Each buffer filled to the brim goes on as it is; one the client left part-empty
-    (it paused) is copied out, and filled again: a trickle never pins whole buffers."""
+    """Each buffer filled to the brim goes on as it is. A body starts, and goes on after
+    a pause, in a small buffer, so that a client that sends little holds little; one
+    filled part-way (the client paused) is copied out and filled again."""
     global _reading
     _reading += 1
     try:
-        left = size
+        left, flowing = size, False
         buffer: memoryview | None = None
         while left is None or left > 0:
             if buffer is None:
                 chunk = max(CHUNK_MIN, min(CHUNK_MAX, CHUNK_BUDGET // (4 * _reading)))
+                chunk = chunk if flowing else CHUNK_START
                 buffer = aligned_buffer(chunk if left is None else min(chunk, left))
             filled = await readinto(buffer)
             if not filled:
+                if left:  # the parser saw no more (an Upgrade request's body)
+                    raise BadRequest("The body ended before its Content-Length.")
                 return
             if left is not None:
                 left -= filled
-            if filled == len(buffer):
+            flowing = filled == len(buffer)
+            if flowing:
                 yield buffer
                 buffer = None
             else:
                 yield bytes(buffer[:filled])
+                if len(buffer) > CHUNK_START:
+                    buffer = None  # a small one next
     finally:
         _reading -= 1
 

@@ -105,6 +105,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._filled = 0  # how much of it holds body bytes
         self._waiter: asyncio.Future[None] | None = None
         self._fill_timer: asyncio.TimerHandle | None = None
+        self.buffered = False  # set by _Buffered
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -124,8 +125,9 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             cycle.protocol = self  # type: ignore[attr-defined]
             extensions = cycle.scope.setdefault("extensions", {})
             extensions[ZERO_COPY] = {}
-            extensions[READ_INTO] = {"readinto": cycle.readinto}  # type: ignore[attr-defined]
-            self._left = _content_length(self.headers)
+            if self.buffered:  # its reads come through get_buffer (see _Buffered)
+                extensions[READ_INTO] = {"readinto": cycle.readinto}  # type: ignore[attr-defined]
+                self._left = _content_length(self.headers)
 
     def on_body(self, body: bytes) -> None:
         self._left = max(0, self._left - len(body))
@@ -241,6 +243,7 @@ class _Buffered(asyncio.BufferedProtocol):
 
     def __init__(self, http: GatewayHttpProtocol) -> None:
         self.http = http
+        http.buffered = True
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.http.connection_made(transport)  # type: ignore[arg-type]

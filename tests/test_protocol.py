@@ -341,3 +341,20 @@ def test_bytes_read_into_buffers_are_counted(live: RunningGateway) -> None:
     data = os.urandom(9 * MiB + 1)
     assert httpx.put(f"{live.url}/objects/counted.bin", content=data).status_code == 201
     assert received() - before == len(data)
+
+
+def test_a_body_the_parser_cuts_short_is_refused(live: RunningGateway) -> None:
+    """An Upgrade request's body is not read as one: the upload is refused with 400, not
+    stored empty."""
+    head = (
+        b"PUT /objects/upgraded.bin HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
+        b"Upgrade: h2c\r\nContent-Length: 1000\r\n\r\n"
+    )
+    sock = raw_request(live, head, b"x" * 1000)
+    try:
+        ((final, body),) = _responses(sock, 1)
+    finally:
+        sock.close()
+    assert final.startswith(b"HTTP/1.1 400 ")
+    assert b"Content-Length" in body
+    assert httpx.get(f"{live.url}/objects/upgraded.bin").status_code == 404
