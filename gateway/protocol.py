@@ -143,6 +143,16 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
         self._wake()
 
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle.more_body and not self.transport.is_closing():
+            # Answered before its body was read (an early 412, 401, 409): the rest of the
+            # body is dropped as it comes, and each byte of it would put off the idle
+            # keep-alive timeout. The body and the next request's head must come within
+            # head_timeout instead, as if the next request had begun.
+            self._arm()
+
     # --- reading into buffers (see buffered_protocol) -------------------------------------
 
     def get_buffer(self, sizehint: int) -> memoryview:

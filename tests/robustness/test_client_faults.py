@@ -241,3 +241,25 @@ def test_a_stalled_tus_patch_keeps_what_arrived(served: Served) -> None:
     assert tus.resume(upload, data).status_code == 204
     assert httpx.get(f"{served.url}/objects/tus-stalled").content == data
     assert httpx.delete(f"{served.url}/objects/tus-stalled").status_code == 204
+
+
+def test_a_body_left_unread_after_an_early_answer_cannot_hold_the_connection(
+    served: Served,
+) -> None:
+    """Answered before its body was read (412 here), a request whose client then sends
+    the rest a byte a second is closed once HEADER_TIMEOUT has passed: the bytes, dropped
+    as they come, do not keep the connection open."""
+    httpx.put(f"{served.url}/objects/taken", content=b"first")
+    sock = connect(served)
+    head = put_head("taken", 1000).replace(b"\r\n\r\n", b"\r\nIf-None-Match: *\r\n\r\n")
+    sock.sendall(head + b"0123456789")
+    sock.settimeout(30)
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        answer += sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 412 ")
+    started = time.monotonic()
+    rest, took = trickle(sock, os.urandom(990), 1.0, give_up=30)
+    sock.close()
+    assert took < HEADER_TIMEOUT + SLACK, (rest[:200], time.monotonic() - started)
+    assert httpx.get(f"{served.url}/objects/taken").content == b"first"
