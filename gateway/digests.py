@@ -71,6 +71,7 @@ async def batched(
         async for chunk in chunks:
             batch.append(chunk)
             held += len(chunk)
+            del chunk  # not held while the next one is awaited
             if held >= limit:
                 yield batch
                 batch, held, limit = [], 0, size()

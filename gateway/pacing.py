@@ -93,5 +93,6 @@ async def paced(chunks: AsyncIterable[B], window: float, min_bytes: int) -> Asyn
                 received = 0
                 watch.progressed()
             yield chunk
+            del chunk  # not held while the next one is awaited
     finally:
         watch.close()

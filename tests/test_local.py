@@ -5,6 +5,7 @@ import fcntl
 import os
 import sqlite3
 import threading
+import weakref
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -13,7 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.errors import InvalidKey
+from gateway.intake import limited
 from gateway.keys import decode_path_key, validate_key
+from gateway.pacing import paced
 from gateway.storage.base import Buffer, WriteSpec
 from gateway.storage.local import QUEUED, WRITE_MAX, LocalStorage
 from tests.conftest import blob_files, tmp_files
@@ -187,3 +190,35 @@ async def test_cancelled_upload_leaves_nothing(tmp_path: Path) -> None:
         await asyncio.gather(task, return_exceptions=True)
         assert tmp_files(tmp_path) == []
         assert (await storage.list()).objects == []
+
+
+class _Chunk(bytearray):
+    """A chunk whose end a test can watch (bytearray subclasses take weak references)."""
+
+
+async def test_a_written_chunk_is_let_go_before_the_next_arrives(tmp_path: Path) -> None:
+    """Once a chunk is hashed and written, nothing on its way (the size limit, the body
+    timeout, the batching) holds it while the next one is awaited: an upload's memory is
+    the chunks in flight, not one more."""
+    refs: list[weakref.ref[_Chunk]] = []
+    proceed = asyncio.Event()
+
+    async def source() -> AsyncIterator[Buffer]:
+        chunk = _Chunk(os.urandom(WRITE_MAX))
+        refs.append(weakref.ref(chunk))
+        yield chunk
+        del chunk
+        await proceed.wait()
+        yield b"the rest"
+
+    async def released() -> None:
+        while not refs or refs[0]() is not None:
+            await asyncio.sleep(0.01)
+        proceed.set()
+
+    body = paced(limited(source(), 10 * WRITE_MAX), window=30, min_bytes=1)
+    async with LocalStorage(tmp_path) as storage:
+        watcher = asyncio.create_task(asyncio.wait_for(released(), 10))
+        info = await storage.put("k", body, WriteSpec())
+        await watcher  # TimeoutError if the first chunk was still held
+    assert info.size == WRITE_MAX + len(b"the rest")

@@ -68,6 +68,7 @@ T = TypeVar("T")
 # share the process (each holds up to QUEUED + 1 batches), so memory stays bounded.
 WRITE_MIN, WRITE_MAX, WRITE_BUDGET = 256 * 1024, 512 * 1024, 8 * 1024 * 1024
 QUEUED = 2
+CROWDED = 8  # with this many uploads or more, each lane falls one batch behind at most
 # Downloads read in chunks of 1 to 2 MiB (4 MiB served one client no faster and held up
 # to 8 MiB more), smaller as more downloads share the budget, so memory stays bounded.
 READ_MIN, READ_MAX, READ_BUDGET = 1024 * 1024, 2 * 1024 * 1024, 16 * 1024 * 1024
@@ -205,13 +206,15 @@ class LocalStorage(Storage):
         loop = asyncio.get_running_loop()
         appender = None if direct_from is None else Appender(fd, direct_from, self.aligned)
         append = partial(_append, fd) if appender is None else appender.append
-        lanes = [Lane(self._io, digests.update, QUEUED), Lane(self._io, append, QUEUED)]
+        queued = QUEUED if self.writers < CROWDED else 1
+        lanes = [Lane(self._io, digests.update, queued), Lane(self._io, append, queued)]
         self.writers += 1
         completed = False
         try:
             async for batch in batched(chunks, self.write_batch, keep_on=BROKEN_OFF):
                 for lane in lanes:
                     await _written(lane.put(batch))
+                del batch  # the lanes' to let go of, not held while the next one comes
             for lane in lanes:
                 await _written(lane.drain())
             completed = True

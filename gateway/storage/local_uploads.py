@@ -311,6 +311,7 @@ async def _at_most(chunks: Chunks, limit: int | None) -> AsyncIterator[Buffer]:
         if limit is not None and total > limit:
             raise TooLarge("The chunk goes past the upload's length.")
         yield chunk
+        del chunk  # not held while the next one is awaited
 
 
 def _lock(path: Path) -> int | None:
