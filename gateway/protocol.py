@@ -384,8 +384,13 @@ class _Cycle(RequestResponseCycle):
     async def send(self, message: Any) -> None:
         if message["type"] == ZERO_COPY:
             await self._send_file(message)
-        else:
-            await super().send(message)
+            return
+        if message["type"] == "http.response.start" and self.waiting_for_100_continue:
+            # Answered before the client was asked for its body (an early 412, 413, 401):
+            # it may send the body anyway, or the next request, and the two cannot be
+            # told apart. The connection closes after this answer.
+            self.keep_alive = False
+        await super().send(message)
 
     async def _send_file(self, message: Any) -> None:
         """The zero-copy send extension: `count` bytes of `file` from `offset`. Sets the

@@ -358,3 +358,23 @@ def test_a_body_the_parser_cuts_short_is_refused(live: RunningGateway) -> None:
     assert final.startswith(b"HTTP/1.1 400 ")
     assert b"Content-Length" in body
     assert httpx.get(f"{live.url}/objects/upgraded.bin").status_code == 404
+
+
+def test_an_answer_before_100_continue_closes_the_connection(live: RunningGateway) -> None:
+    """A client that waits for `100 Continue` and gets a final answer instead may still
+    send its body, or its next request: the gateway says `Connection: close`, and closes."""
+    httpx.put(f"{live.url}/objects/there.bin", content=b"kept", timeout=30)
+    head = (
+        b"PUT /objects/there.bin HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+        b"If-None-Match: *\r\nContent-Length: 1000\r\n\r\n"
+    )
+    sock = raw_request(live, head)
+    try:
+        ((final, _),) = _responses(sock, 1)
+        assert sock.recv(1024) == b""  # closed by the gateway
+    finally:
+        sock.close()
+    assert final.startswith(b"HTTP/1.1 412 ")
+    assert b"connection: close" in final.lower()
+    assert b"100 Continue" not in final
+    assert httpx.get(f"{live.url}/objects/there.bin", timeout=30).content == b"kept"
