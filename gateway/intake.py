@@ -5,6 +5,7 @@ import binascii
 import mimetypes
 import re
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
+from typing import TypeVar
 
 from starlette.requests import Request
 
@@ -25,6 +26,7 @@ from .storage.direct import aligned_buffer
 CHUNK_MIN, CHUNK_MAX, CHUNK_BUDGET = 256 * 1024, 1024 * 1024, 64 * 1024 * 1024
 CHUNK_START = 64 * 1024  # the first read of a body, and the next after a pause
 _reading = 0  # bodies being read into buffers
+B = TypeVar("B", bound=Buffer)
 
 META_PREFIX = "x-meta-"
 MAX_METADATA_BYTES = 2048
@@ -131,23 +133,23 @@ def too_large(limit: int) -> TooLarge:
 def client_body(request: Request) -> AsyncIterator[bytes]:
     """The request body as it arrives, closed with 408 when the client sends too little for
     too long (BODY_IDLE_TIMEOUT, BODY_MIN_RATE: see gateway.pacing)."""
-    settings: Settings = request.app.state.settings
-    window = settings.body_idle_timeout.total_seconds()
-    min_bytes = max(1, int(settings.body_min_rate * window))
-    return paced(request.stream(), window, min_bytes)
+    return _paced(request, request.stream())
 
 
 def client_buffers(request: Request) -> AsyncIterator[Buffer]:
-    """The request body as client_body gives it, read straight into buffers of BODY_CHUNK
-    (aligned for O_DIRECT writes, gateway.storage.direct) when the server offers to
+    """The request body as client_body gives it, read straight into aligned buffers of up
+    to CHUNK_MAX (for O_DIRECT writes, gateway.storage.direct) when the server offers to
     (gateway.protocol's READ_INTO): no copy of the bytes in the process on the way."""
     extension = request.scope.get("extensions", {}).get(READ_INTO)
     if extension is None:
         return client_body(request)
+    return _paced(request, _read_into(extension["readinto"], declared_size(request)))
+
+
+def _paced(request: Request, chunks: AsyncIterator[B]) -> AsyncIterator[B]:
     settings: Settings = request.app.state.settings
     window = settings.body_idle_timeout.total_seconds()
-    min_bytes = max(1, int(settings.body_min_rate * window))
-    return paced(_read_into(extension["readinto"], declared_size(request)), window, min_bytes)
+    return paced(chunks, window, max(1, int(settings.body_min_rate * window)))
 
 
 async def _read_into(

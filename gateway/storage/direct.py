@@ -123,14 +123,12 @@ class Appender:
                 self.buffers.give_back(buffer)
 
     def _append_in_place(self, chunks: Sequence[Buffer]) -> bool:
-        """Write chunks that are aligned already (aligned_buffer, whole blocks but for the
+        """Write chunks that are aligned already (aligned_buffer; whole blocks but for the
         last) from where they are; False, having written nothing, for any others."""
-        if not chunks:
+        if not chunks or not all(map(_aligned, chunks)):
             return False
         *whole, last = chunks
-        if not all(_aligned(chunk) and not len(chunk) % ALIGN for chunk in whole):
-            return False
-        if not _aligned(last):
+        if any(len(chunk) % ALIGN for chunk in whole):
             return False
         tail = len(last) % ALIGN
         views = [memoryview(chunk) for chunk in whole]
