@@ -2,6 +2,7 @@
 sendfile(2) to a real socket, or read and written when the socket cannot take them."""
 
 import asyncio
+import base64
 import hashlib
 import json
 import logging
@@ -378,3 +379,33 @@ def test_an_answer_before_100_continue_closes_the_connection(live: RunningGatewa
     assert b"connection: close" in final.lower()
     assert b"100 Continue" not in final
     assert httpx.get(f"{live.url}/objects/there.bin", timeout=30).content == b"kept"
+
+
+def test_checksums_are_verified_on_bodies_read_into_buffers(live: RunningGateway) -> None:
+    """API.md's checksum lines on a real server, where bodies take the buffered path: a
+    Content-MD5 or X-Checksum-SHA256 that does not match is 400 checksum-mismatch and
+    stores nothing; a tus chunk whose Upload-Checksum does not match is 460 and is
+    discarded."""
+    data = os.urandom(3 * MiB + 17)
+    wrong_md5 = base64.b64encode(hashlib.md5(b"other").digest()).decode()
+    for header in ({"Content-MD5": wrong_md5}, {"X-Checksum-SHA256": "0" * 64}):
+        refused = httpx.put(f"{live.url}/objects/checked.bin", content=data, headers=header)
+        assert refused.status_code == 400 and refused.json()["code"] == "checksum-mismatch"
+        assert httpx.get(f"{live.url}/objects/checked.bin").status_code == 404
+    right = base64.b64encode(hashlib.md5(data).digest()).decode()
+    stored = httpx.put(
+        f"{live.url}/objects/checked.bin", content=data, headers={"Content-MD5": right}
+    )
+    assert stored.status_code == 201 and stored.json()["sha256"] == hashlib.sha256(data).hexdigest()
+
+    tus = {"Tus-Resumable": "1.0.0"}
+    created = httpx.post(f"{live.url}/uploads/", headers={**tus, "Upload-Length": str(len(data))})
+    url = created.headers["location"]
+    patch = {**tus, "Content-Type": "application/offset+octet-stream", "Upload-Offset": "0"}
+    bad = "sha256 " + base64.b64encode(hashlib.sha256(b"other").digest()).decode()
+    answer = httpx.patch(url, content=data, headers={**patch, "Upload-Checksum": bad})
+    assert answer.status_code == 460
+    assert httpx.head(url, headers=tus).headers["upload-offset"] == "0"
+    good = "sha256 " + base64.b64encode(hashlib.sha256(data).digest()).decode()
+    answer = httpx.patch(url, content=data, headers={**patch, "Upload-Checksum": good})
+    assert answer.status_code == 204 and answer.headers["upload-offset"] == str(len(data))
