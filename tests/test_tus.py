@@ -297,6 +297,39 @@ async def test_every_request_needs_write_on_the_uploads_key(secured: httpx.Async
     assert options.status_code == 200  # discovery needs no token
 
 
+async def test_a_busy_upload_is_judged_before_it_is_said_busy(
+    secured: httpx.AsyncClient,
+) -> None:
+    """While one PATCH holds an upload, another tenant still gets 403 (not 423, which would
+    tell it the upload exists and is in use), and a body past the length still 413."""
+    metadata = {"Upload-Metadata": encode_metadata({"key": "tenant-a/busy.bin"})}
+    created = await secured.post(
+        "/uploads/", headers={**TUS, "Upload-Length": str(8 * MiB), **metadata, **bearer("a-write")}
+    )
+    url = created.headers["location"]
+    started, go_on = asyncio.Event(), asyncio.Event()
+
+    async def held_body():
+        yield os.urandom(MiB)
+        started.set()
+        await go_on.wait()
+        yield os.urandom(7 * MiB)
+
+    first = asyncio.create_task(patch(secured, url, 0, held_body(), **bearer("a-write")))
+    await started.wait()
+    try:
+        assert (await patch(secured, url, 0, b"evil", **bearer("report"))).status_code == 403
+        too_long = await patch(secured, url, 0, b"x" * (8 * MiB + 1), **bearer("a-write"))
+        assert too_long.status_code == 413
+        busy = await patch(secured, url, 0, b"x", **bearer("a-write"))
+        assert busy.status_code == 423
+    finally:
+        go_on.set()
+    done = await first
+    assert done.status_code == 204 and done.headers["upload-offset"] == str(8 * MiB)
+    assert (await patch(secured, url, 8 * MiB, b"", **bearer("report"))).status_code == 403
+
+
 # --- expiry --------------------------------------------------------------------------------
 
 

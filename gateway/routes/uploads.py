@@ -29,6 +29,7 @@ from ..problems import problem
 from ..schemas import problems
 from ..settings import Settings
 from ..storage.base import Storage, Uploads, UploadSpec, UploadState
+from ..tokens import Principal
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 
@@ -176,7 +177,7 @@ async def create(request: Request, storage: StorageDep, settings: SettingsDep) -
     location = {"Location": str(request.base_url) + f"uploads/{upload_id}"}
     if with_body or length == 0:
         try:
-            state = await append(request, uploads, state, 0, settings)
+            state = await append(request, uploads, upload_id, 0, settings)
         except GatewayError as exc:
             exc.headers.update(location)  # the upload exists: the client may resume it
             raise
@@ -214,14 +215,14 @@ async def patch(
 ) -> Response:
     """Append the body at Upload-Offset (Upload-Checksum verified when sent)."""
     tus.check_version(request.headers)
-    await authenticate(request)  # 401 before anything else of the request is judged
+    principal = await authenticate(request)  # 401 before anything else is judged
     if request.headers.get("content-type") != tus.PATCH_CONTENT_TYPE:
         raise UnsupportedMediaType(f"A PATCH body is {tus.PATCH_CONTENT_TYPE}.")
     offset = tus.parse_number(request.headers.get("upload-offset"), "Upload-Offset")
     if offset is None:
         raise BadRequest("A PATCH needs Upload-Offset.")
-    state = await owned_upload(request, storage, upload_id)
-    state = await append(request, uploads_of(storage), state, offset, settings)
+    uploads = uploads_of(storage)
+    state = await append(request, uploads, upload_id, offset, settings, principal)
     return Response(status_code=204, headers=state_headers(state))
 
 
@@ -250,28 +251,44 @@ async def owned_upload(request: Request, storage: Storage, upload_id: str) -> Up
 
 
 async def append(
-    request: Request, uploads: Uploads, state: UploadState, offset: int, settings: Settings
+    request: Request,
+    uploads: Uploads,
+    upload_id: str,
+    offset: int,
+    settings: Settings,
+    principal: Principal | None = None,
 ) -> UploadState:
+    """Append the request's body to the upload; `principal`, when given, must be allowed to
+    write the upload's key. The backend reads the upload's state once for both."""
     headers = request.headers
     length = tus.parse_number(headers.get("upload-length"), "Upload-Length")
     if length is not None:
         check_length(length, settings)
-        if state.length is not None and length != state.length:
-            # Refused before a byte is read; the backend checks again under its lock.
-            raise BadRequest(f"The upload's length is {state.length}; it cannot change.")
-    known = length if length is not None else state.length
     declared = declared_size(request)
-    if known is not None and declared is not None and offset + declared > known:
-        raise TooLarge("The chunk goes past the upload's length.")
+    unfinished = False
+
+    def admit(state: UploadState) -> None:
+        """Refuse the request before a byte of it is read."""
+        nonlocal unfinished
+        if principal is not None:
+            principal.require("write", state.key)
+        if length is not None and state.length is not None and length != state.length:
+            raise BadRequest(f"The upload's length is {state.length}; it cannot change.")
+        known = length if length is not None else state.length
+        if known is not None and declared is not None and offset + declared > known:
+            raise TooLarge("The chunk goes past the upload's length.")
+        unfinished = state.object is None
+
     body = limited(client_buffers(request), int(settings.max_upload_bytes))
     after = await uploads.append(
-        state.id,
+        upload_id,
         offset,
         body,
         checksum=tus.parse_checksum(headers.get("upload-checksum")),
         length=length,
+        admit=admit,
     )
-    if after.object is not None and state.object is None:
+    if after.object is not None and unfinished:
         tus_event("finished")
     return after
 

@@ -19,7 +19,7 @@ A failure of any kind while staging leaves nothing behind.
 
 import abc
 import contextlib
-from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Self
@@ -179,13 +179,19 @@ class Uploads(abc.ABC):
         *,
         checksum: tuple[str, bytes] | None = None,
         length: int | None = None,
+        admit: Callable[[UploadState], None] | None = None,
     ) -> UploadState:
         """Append at `offset`: OffsetMismatch if it is not the upload's offset, Locked if
         another request is appending, ChunkChecksumMismatch (the chunk discarded) if
         `checksum` does not match, TooLarge past the upload's length. Bytes received before
         the body broke off count. Commits the object when the last byte arrives. `length`
         declares a deferred length (BadRequest if the upload has another one, or if it is
-        below the offset)."""
+        below the offset).
+
+        `admit` judges the request on the upload's state as this call reads it, before
+        the offset is checked and before a byte is read: whatever it raises refuses the
+        request (a route's authorization, so that one read of the state serves both). It
+        may run in a worker thread."""
 
     @abc.abstractmethod
     async def terminate(self, upload_id: str) -> None: ...

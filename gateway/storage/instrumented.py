@@ -9,7 +9,7 @@ did not translate, is.
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import ClientDisconnect
@@ -146,10 +146,11 @@ class InstrumentedUploads(Uploads):
         *,
         checksum: tuple[str, bytes] | None = None,
         length: int | None = None,
+        admit: Callable[[UploadState], None] | None = None,
     ) -> UploadState:
         with timed("upload_append"):
             return await self.uploads.append(
-                upload_id, offset, chunks, checksum=checksum, length=length
+                upload_id, offset, chunks, checksum=checksum, length=length, admit=admit
             )
 
     async def terminate(self, upload_id: str) -> None:

@@ -23,7 +23,7 @@ import json
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -146,8 +146,11 @@ class LocalUploads(Uploads):
         *,
         checksum: tuple[str, bytes] | None = None,
         length: int | None = None,
+        admit: Callable[[UploadState], None] | None = None,
     ) -> UploadState:
-        taken: tuple[int | None, UploadState] = await self._run(self._take, upload_id, offset)
+        taken: tuple[int | None, UploadState] = await self._run(
+            self._take, upload_id, offset, admit
+        )
         fd, state = taken
         if fd is None:  # complete and committed already
             return state
@@ -163,20 +166,30 @@ class LocalUploads(Uploads):
         finally:
             os.close(fd)  # releases the lock
 
-    def _take(self, upload_id: str, offset: int) -> tuple[int | None, UploadState]:
-        """Lock the upload for appending at `offset`, in one trip to a worker thread."""
-        state = self._state(upload_id)
-        fd = _lock(self._data(upload_id))
-        if fd is None:  # complete and committed already
-            if offset != state.offset:
-                raise OffsetMismatch(state.offset, offset)
-            return None, state
+    def _take(
+        self, upload_id: str, offset: int, admit: Callable[[UploadState], None] | None
+    ) -> tuple[int | None, UploadState]:
+        """Lock the upload for appending at `offset` and read its state once it is held,
+        in one trip to a worker thread. The descriptor is None for an upload committed
+        already (its data file is gone)."""
+        if not _ID.match(upload_id):
+            raise NotFound("No such upload.")
         try:
-            state = self._state(upload_id)  # as it is now that this request holds it
+            fd = _lock(self._data(upload_id))
+        except Locked:
+            # judged all the same, so that a request refused anyway learns nothing more
+            if admit is not None:
+                admit(self._state(upload_id))
+            raise
+        try:
+            state = self._state(upload_id)
+            if admit is not None:
+                admit(state)
             if offset != state.offset:
                 raise OffsetMismatch(state.offset, offset)
         except BaseException:
-            os.close(fd)
+            if fd is not None:
+                os.close(fd)
             raise
         return fd, state
 

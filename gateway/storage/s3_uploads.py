@@ -28,7 +28,7 @@ import json
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -216,8 +216,11 @@ class S3Uploads(Uploads):
         *,
         checksum: tuple[str, bytes] | None = None,
         length: int | None = None,
+        admit: Callable[[UploadState], None] | None = None,
     ) -> UploadState:
         record, etag = await self._current(upload_id)
+        if admit is not None:
+            admit(self._public(record))
         if offset != record["offset"]:
             raise OffsetMismatch(record["offset"], offset)
         if record["object"] is not None:
