@@ -196,7 +196,7 @@ class LocalStorage(Storage):
     async def _write(
         self, fd: int, chunks: Chunks, digests: Hasher, *, direct_from: int | None = None
     ) -> None:
-        """Stream `chunks` into `fd`: a batch is hashed in one worker thread and written in
+        """Stream `chunks` into `fd`: a batch is written in one worker thread and hashed in
         another, both while the event loop receives the next batches; each lane may fall
         QUEUED batches behind (gateway.storage.lanes). (hashlib and writev release the GIL:
         the three run on separate cores when there are.) With
@@ -207,7 +207,9 @@ class LocalStorage(Storage):
         appender = None if direct_from is None else Appender(fd, direct_from, self.aligned)
         append = partial(_append, fd) if appender is None else appender.append
         queued = QUEUED if self.writers < CROWDED else 1
-        lanes = [Lane(self._io, digests.update, queued), Lane(self._io, append, queued)]
+        # The writer's lane first: where the disk is the slower of the two, a batch handed
+        # to it a moment sooner is a moment less of the disk left idle.
+        lanes = [Lane(self._io, append, queued), Lane(self._io, digests.update, queued)]
         self.writers += 1
         completed = False
         try:
