@@ -31,7 +31,6 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -205,11 +204,22 @@ class LocalStorage(Storage):
         are written even when the stream breaks off."""
         loop = asyncio.get_running_loop()
         appender = None if direct_from is None else Appender(fd, direct_from, self.aligned)
-        append = partial(_append, fd) if appender is None else appender.append
+
+        def write(batch: list[Buffer] | None) -> None:
+            """A batch; None (appending) for the stream's end, its last bytes written by
+            the thread that wrote the rest, with no trip of their own."""
+            if appender is None:
+                _append(fd, batch or [])
+            elif batch is None:
+                appender.finish()
+            else:
+                appender.append(batch)
+
         queued = QUEUED if self.writers < CROWDED else 1
         # The writer's lane first: where the disk is the slower of the two, a batch handed
         # to it a moment sooner is a moment less of the disk left idle.
-        lanes = [Lane(self._io, append, queued), Lane(self._io, digests.update, queued)]
+        writer = Lane(self._io, write, queued)
+        lanes: list[Lane[Any, None]] = [writer, Lane(self._io, digests.update, queued)]
         self.writers += 1
         completed = False
         try:
@@ -217,6 +227,8 @@ class LocalStorage(Storage):
                 for lane in lanes:
                     await _written(lane.put(batch))
                 del batch  # the lanes' to let go of, not held while the next one comes
+            if appender is not None:
+                await _written(writer.put(None))
             for lane in lanes:
                 await _written(lane.drain())
             completed = True
@@ -226,11 +238,10 @@ class LocalStorage(Storage):
             # (nor the appender, which `finish` uses next), however often it is cancelled.
             for lane in lanes:
                 await lane.settle()
-            if appender is not None:
-                finishing = loop.run_in_executor(self._io, appender.finish)
-                await settled(finishing)
-                if completed:  # else the first error is the one to tell
-                    await _written(finishing)
+            if appender is not None and not completed:  # else the writer's lane finished it
+                # what it wrote stays (bytes received count); its error, if any, is not the
+                # first one, which is the one to tell
+                await settled(loop.run_in_executor(self._io, appender.finish))
 
     def _publish(self, blob: str) -> None:
         """Move a committed blob from tmp/ into blobs/, durably (runs in a thread)."""
