@@ -5,6 +5,7 @@ import fcntl
 import os
 import sqlite3
 import threading
+import uuid
 import weakref
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -13,12 +14,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.errors import InvalidKey
+from gateway.errors import Forbidden, InvalidKey
 from gateway.intake import limited
 from gateway.keys import decode_path_key, validate_key
 from gateway.pacing import paced
-from gateway.storage.base import Buffer, WriteSpec
+from gateway.storage.base import Buffer, UploadSpec, UploadState, WriteSpec
 from gateway.storage.local import QUEUED, WRITE_MAX, LocalStorage
+from gateway.storage.local_uploads import LocalUploads
+from gateway.storage.locking import open_locked
 from tests.conftest import blob_files, tmp_files
 
 KEY_ALPHABET = st.sampled_from(["/", ".", "..", "\\", "a", "é", "\x00", "\n", "%2F", "~", " "])
@@ -222,3 +225,72 @@ async def test_a_written_chunk_is_let_go_before_the_next_arrives(tmp_path: Path)
         info = await storage.put("k", body, WriteSpec())
         await watcher  # TimeoutError if the first chunk was still held
     assert info.size == WRITE_MAX + len(b"the rest")
+
+
+# --- resumable uploads: the lock on an upload ----------------------------------------------
+
+
+def upload_spec(length: int) -> UploadSpec:
+    return UploadSpec(
+        id=uuid.uuid4().hex,
+        key="locked.bin",
+        length=length,
+        metadata={},
+        content_type="application/octet-stream",
+        filename=None,
+    )
+
+
+def try_lock(path: Path) -> bool:
+    try:
+        fd = open_locked(path, os.O_WRONLY)
+    except BlockingIOError:
+        return False
+    assert fd is not None
+    os.close(fd)
+    return True
+
+
+async def test_a_request_is_judged_before_it_takes_the_upload(tmp_path: Path) -> None:
+    """A request refused on the upload's state (another tenant's) never holds the upload's
+    lock, not even while it is judged: it could otherwise keep the owner's requests busy."""
+    async with LocalStorage(tmp_path / "data") as storage:
+        uploads = storage.uploads
+        assert isinstance(uploads, LocalUploads)
+        state = await uploads.create(upload_spec(10))
+        free_while_judged = []
+
+        def admit(judged: UploadState) -> None:
+            free_while_judged.append(try_lock(uploads._data(judged.id)))
+            raise Forbidden("Not this tenant's upload.")
+
+        with pytest.raises(Forbidden):
+            await uploads.append(state.id, 0, one_chunk(b"x"), admit=admit)
+        assert free_while_judged == [True]
+        assert (await uploads.info(state.id)).offset == 0
+
+
+async def test_a_request_cancelled_while_it_takes_the_upload_lets_it_go(tmp_path: Path) -> None:
+    """Cancelled while its worker thread locks the upload, a request does not keep the lock
+    (the upload would answer 423 until the process ends)."""
+    async with LocalStorage(tmp_path / "data") as storage:
+        uploads = storage.uploads
+        assert isinstance(uploads, LocalUploads)
+        state = await uploads.create(upload_spec(10))
+        judged, go_on = threading.Event(), threading.Event()
+
+        def admit(_: UploadState) -> None:
+            judged.set()
+            go_on.wait(10)
+
+        request = asyncio.create_task(uploads.append(state.id, 0, one_chunk(b"x"), admit=admit))
+        assert await asyncio.to_thread(judged.wait, 10)
+        request.cancel()
+        go_on.set()
+        with pytest.raises(asyncio.CancelledError):
+            await request
+        # the thread goes on and locks the upload: once it is done, the lock is let go
+        await asyncio.to_thread(storage._io.shutdown, True)
+        async with asyncio.timeout(10):
+            while not try_lock(uploads._data(state.id)):
+                await asyncio.sleep(0.01)

@@ -148,10 +148,15 @@ class LocalUploads(Uploads):
         length: int | None = None,
         admit: Callable[[UploadState], None] | None = None,
     ) -> UploadState:
-        taken: tuple[int | None, UploadState] = await self._run(
-            self._take, upload_id, offset, admit
+        taking: asyncio.Future[tuple[int | None, UploadState]] = asyncio.ensure_future(
+            self._run(self._take, upload_id, offset, admit)
         )
-        fd, state = taken
+        try:
+            fd, state = await asyncio.shield(taking)
+        except asyncio.CancelledError:
+            # the thread takes the lock all the same: let it go once it has
+            taking.add_done_callback(_release_taken)
+            raise
         if fd is None:  # complete and committed already
             return state
         try:
@@ -169,22 +174,24 @@ class LocalUploads(Uploads):
     def _take(
         self, upload_id: str, offset: int, admit: Callable[[UploadState], None] | None
     ) -> tuple[int | None, UploadState]:
-        """Lock the upload for appending at `offset` and read its state once it is held,
-        in one trip to a worker thread. The descriptor is None for an upload committed
-        already (its data file is gone)."""
-        if not _ID.match(upload_id):
-            raise NotFound("No such upload.")
+        """Judge the request, then lock the upload for appending at `offset`, in one trip to
+        a worker thread. The descriptor is None for an upload committed already.
+
+        A request is judged before the lock is tried: one that may not touch the upload
+        never holds its lock, not even for a moment (it could otherwise keep its owner's
+        requests busy), and is told 403 or 413 rather than 423. The state is read again
+        once the lock is held, as another request may have appended or declared the
+        length meanwhile (the key, which `admit` judges, never changes)."""
+        state = self._state(upload_id)  # NotFound for an id that is not one
+        if admit is not None:
+            admit(state)
+        fd = _lock(self._data(upload_id))
         try:
-            fd = _lock(self._data(upload_id))
-        except Locked:
-            # judged all the same, so that a request refused anyway learns nothing more
-            if admit is not None:
-                admit(self._state(upload_id))
-            raise
-        try:
-            state = self._state(upload_id)
-            if admit is not None:
-                admit(state)
+            if fd is not None:
+                state = self._state(upload_id)
+                if state.object is not None:  # committed while this request waited
+                    os.close(fd)
+                    fd = None
             if offset != state.offset:
                 raise OffsetMismatch(state.offset, offset)
         except BaseException:
@@ -325,6 +332,15 @@ async def _at_most(chunks: Chunks, limit: int | None) -> AsyncIterator[Buffer]:
             raise TooLarge("The chunk goes past the upload's length.")
         yield chunk
         del chunk  # not held while the next one is awaited
+
+
+def _release_taken(taking: "asyncio.Future[tuple[int | None, UploadState]]") -> None:
+    """Close the descriptor _take locked for a request that was cancelled meanwhile."""
+    if taking.cancelled() or taking.exception() is not None:
+        return
+    fd, _ = taking.result()
+    if fd is not None:
+        os.close(fd)
 
 
 def _lock(path: Path) -> int | None:
