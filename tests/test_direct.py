@@ -146,6 +146,40 @@ def test_a_write_that_fails_midway_leaves_a_clean_prefix(
     assert body.startswith(stored)
 
 
+def test_a_finish_that_fails_midway_is_not_written_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last bytes of a stream (short of a block) written by `finish`: should that write
+    stop part-way, a second `finish` (an error path runs it again) writes nothing more,
+    so the file stays a clean prefix of the stream."""
+    if not o_direct_works(tmp_path):
+        pytest.skip("this file system refuses O_DIRECT")
+    real_pwrite = os.pwrite
+    calls = []
+
+    def failing_pwrite(fd: int, data: Buffer, position: int) -> int:
+        calls.append(position)
+        if len(calls) == 1:  # a short write...
+            return real_pwrite(fd, memoryview(data)[:50], position)
+        raise OSError(errno.EIO, "Input/output error")  # ...then the disk fails
+
+    body = os.urandom(100)
+    path = tmp_path / "data.bin"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        appender = Appender(fd, 0, AlignedBuffers())
+        appender.append([body])  # less than a block: all of it carried to `finish`
+        monkeypatch.setattr(os, "pwrite", failing_pwrite)
+        with pytest.raises(OSError):
+            appender.finish()
+        monkeypatch.setattr(os, "pwrite", real_pwrite)
+        appender.finish()
+        assert os.lseek(fd, 0, os.SEEK_CUR) == 50
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == body[:50]
+
+
 def test_chunks_read_into_aligned_buffers_are_written_where_they_are(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -142,11 +142,12 @@ class Appender:
         return True
 
     def finish(self) -> None:
-        """Write what is left, through the page cache."""
+        """Write what is left, through the page cache. Once only: should the write fail
+        part-way, the file stays a clean prefix of the stream."""
+        carry, self.carry = self.carry, b""
         try:
-            if self.carry:
-                self._write_buffered([self.carry])
-                self.carry = b""
+            if carry:
+                self._write_buffered([carry])
         finally:
             os.lseek(self.fd, self.position, os.SEEK_SET)
 

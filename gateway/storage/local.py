@@ -204,13 +204,16 @@ class LocalStorage(Storage):
         are written even when the stream breaks off."""
         loop = asyncio.get_running_loop()
         appender = None if direct_from is None else Appender(fd, direct_from, self.aligned)
+        finished = False
 
         def write(batch: list[Buffer] | None) -> None:
             """A batch; None (appending) for the stream's end, its last bytes written by
             the thread that wrote the rest, with no trip of their own."""
+            nonlocal finished
             if appender is None:
                 _append(fd, batch or [])
             elif batch is None:
+                finished = True  # tried once, whatever comes of it: never twice
                 appender.finish()
             else:
                 appender.append(batch)
@@ -221,7 +224,6 @@ class LocalStorage(Storage):
         writer = Lane(self._io, write, queued)
         lanes: list[Lane[Any, None]] = [writer, Lane(self._io, digests.update, queued)]
         self.writers += 1
-        completed = False
         try:
             async for batch in batched(chunks, self.write_batch, keep_on=BROKEN_OFF):
                 for lane in lanes:
@@ -231,14 +233,13 @@ class LocalStorage(Storage):
                 await _written(writer.put(None))
             for lane in lanes:
                 await _written(lane.drain())
-            completed = True
         finally:
             self.writers -= 1
             # Whatever became of the request, no thread may still use `fd` once it is closed
             # (nor the appender, which `finish` uses next), however often it is cancelled.
             for lane in lanes:
                 await lane.settle()
-            if appender is not None and not completed:  # else the writer's lane finished it
+            if appender is not None and not finished:  # else the writer's lane did
                 # what it wrote stays (bytes received count); its error, if any, is not the
                 # first one, which is the one to tell
                 await settled(loop.run_in_executor(self._io, appender.finish))
