@@ -13,11 +13,12 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
 
-from gateway.client import ExitCode
+from gateway.client import ExitCode, common
 from gateway.testing import RunningGateway, running_gateway
 from tests.conftest import TOKENS, tokens_json
 from tests.helpers import MiB, wait_for
@@ -110,6 +111,31 @@ def stop(process: subprocess.Popen[str], how: signal.Signals) -> tuple[int, str]
     process.send_signal(how)
     _, err = process.communicate(timeout=30)
     return process.returncode, err
+
+
+def test_the_rate_limit_makes_up_no_time_in_which_nothing_moved(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`--limit-rate`: after a slow answer or a retry's wait, the next bytes still go at the
+    rate, not in a burst that catches up on the time lost (which also let a rate-limited
+    upload in the tests below finish before it could be interrupted)."""
+    clock = [1000.0]
+
+    def sleep(seconds: float) -> None:
+        clock[0] += seconds
+
+    monkeypatch.setattr(common, "time", SimpleNamespace(monotonic=lambda: clock[0], sleep=sleep))
+    throttle = common.Throttle(MiB)
+    clock[0] += 5  # the upload is created slowly before its first byte goes
+    began = clock[0]
+    for _ in range(8):
+        throttle(64 * 1024)
+    assert clock[0] - began == pytest.approx(0.5)
+    clock[0] += 3  # a retry waits
+    resumed = clock[0]
+    for _ in range(8):
+        throttle(64 * 1024)
+    assert clock[0] - resumed == pytest.approx(0.5)
 
 
 def test_upload_two_files_then_download_one(

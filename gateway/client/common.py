@@ -117,18 +117,20 @@ class Retry:
 
 
 class Throttle:
-    """Keeps a transfer at `rate` bytes a second at most (`--limit-rate`)."""
+    """Keeps a transfer at `rate` bytes a second at most (`--limit-rate`). Time in which
+    nothing moved (an answer slow to come, a retry's wait) is not made up afterwards with
+    a burst above the rate."""
 
     def __init__(self, rate: int | None) -> None:
         self.rate = rate
-        self.began = time.monotonic()
-        self.moved = 0
+        self.free_at = 0.0  # when the bytes moved so far may have taken at `rate`
 
     def __call__(self, size: int) -> None:
+        """`size` bytes have moved: wait as long as they take at `rate`."""
         if not self.rate:
             return
-        self.moved += size
-        ahead = self.moved / self.rate - (time.monotonic() - self.began)
+        self.free_at = max(self.free_at, time.monotonic()) + size / self.rate
+        ahead = self.free_at - time.monotonic()
         if ahead > 0:
             time.sleep(ahead)
 
