@@ -117,8 +117,7 @@ def test_the_rate_limit_makes_up_no_time_in_which_nothing_moved(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """`--limit-rate`: after a slow answer or a retry's wait, the next bytes still go at the
-    rate, not in a burst that catches up on the time lost (which also let a rate-limited
-    upload in the tests below finish before it could be interrupted)."""
+    rate, not in a burst that catches up on the time lost."""
     clock = [1000.0]
 
     def sleep(seconds: float) -> None:
