@@ -32,6 +32,17 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway
         yield running
 
 
+@pytest.fixture(autouse=True)
+def interruptible() -> Iterator[None]:
+    """The clients started here take Ctrl-C as in a terminal, also when the tests run in a
+    background job (`make test &`), whose processes inherit SIGINT ignored: a handler of
+    this process's own is the default again in a child."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    if before is not None:
+        signal.signal(signal.SIGINT, before)
+
+
 @pytest.fixture
 def cache(tmp_path: Path) -> Path:
     """The client's state folder (XDG_CACHE_HOME), one per test."""
