@@ -5,7 +5,7 @@ temporary file. Here python-multipart's push parser is fed as the body arrives, 
 part's bytes are handed on as they come, so a file part can be piped into storage while the
 client is still sending it:
 
-    form = FormReader(request.stream(), request.headers["content-type"])
+    form = FormReader(client_bytearrays(request), request.headers["content-type"])
     async for part in form:
         if part.filename is None:
             value = await part.text()
@@ -81,7 +81,7 @@ class FormPart:
 
 
 class FormReader:
-    def __init__(self, body: AsyncIterable[bytes], content_type: str | None):
+    def __init__(self, body: AsyncIterable[bytes | bytearray], content_type: str | None):
         self._body = aiter(body)
         self._events: deque[Event] = deque()
         self._finished = False
@@ -126,8 +126,9 @@ class FormReader:
         self._events.append(("headers", self._headers))
 
     def _on_part_data(self, data: bytes, start: int, end: int) -> None:
-        # `data` is an immutable chunk of the body (or a piece of the boundary), so a view
-        # of it stays valid and saves a copy of every byte.
+        # `data` is a chunk of the body that nothing writes to again (bytes, or a bytearray
+        # of gateway.intake.client_bytearrays), or a piece of the boundary: a view of it
+        # stays valid and saves a copy of every byte.
         self._events.append(("data", memoryview(data)[start:end]))
 
     def _on_part_end(self) -> None:
@@ -148,7 +149,7 @@ class FormReader:
             except StopAsyncIteration:
                 raise BadRequest("The multipart body ended before its closing boundary.") from None
             try:
-                self._parser.write(chunk)
+                self._parser.write(chunk)  # type: ignore[arg-type]  # bytearrays: read alike
             except MultipartParseError:
                 raise BadRequest("The multipart body is malformed.") from None
         return self._events.popleft()

@@ -27,6 +27,7 @@ CHUNK_MIN, CHUNK_MAX, CHUNK_BUDGET = 256 * 1024, 1024 * 1024, 64 * 1024 * 1024
 CHUNK_START = 64 * 1024  # the first read of a body, and the next after a pause
 _reading = 0  # bodies being read into buffers
 B = TypeVar("B", bound=Buffer)
+Whole = TypeVar("Whole", memoryview, bytearray)  # what a full buffer is handed on as
 
 META_PREFIX = "x-meta-"
 MAX_METADATA_BYTES = 2048
@@ -143,7 +144,27 @@ def client_buffers(request: Request) -> AsyncIterator[Buffer]:
     extension = request.scope.get("extensions", {}).get(READ_INTO)
     if extension is None:
         return client_body(request)
-    return _paced(request, _read_into(extension["readinto"], declared_size(request)))
+    return _paced(request, _read_into(extension["readinto"], declared_size(request), _aligned))
+
+
+def client_bytearrays(request: Request) -> AsyncIterator[bytes | bytearray]:
+    """As client_buffers, in bytearrays rather than aligned views: what a parser that
+    searches its input (a multipart body's boundaries) takes as it is. A chunk handed on
+    is never written to again, so views of it stay valid."""
+    extension = request.scope.get("extensions", {}).get(READ_INTO)
+    if extension is None:
+        return client_body(request)
+    return _paced(request, _read_into(extension["readinto"], declared_size(request), _plain))
+
+
+def _aligned(size: int) -> tuple[memoryview, memoryview]:
+    view = aligned_buffer(size)
+    return view, view
+
+
+def _plain(size: int) -> tuple[memoryview, bytearray]:
+    whole = bytearray(size)
+    return memoryview(whole), whole
 
 
 def _paced(request: Request, chunks: AsyncIterator[B]) -> AsyncIterator[B]:
@@ -153,22 +174,26 @@ def _paced(request: Request, chunks: AsyncIterator[B]) -> AsyncIterator[B]:
 
 
 async def _read_into(
-    readinto: Callable[[memoryview], Awaitable[int]], size: int | None
-) -> AsyncIterator[Buffer]:
-    """Each buffer filled to the brim goes on as it is. A body starts, and goes on after
-    a pause, in a small buffer, so that a client that sends little holds little; one
-    filled part-way (the client paused) is copied out and filled again."""
+    readinto: Callable[[memoryview], Awaitable[int]],
+    size: int | None,
+    allocate: Callable[[int], tuple[memoryview, Whole]],
+) -> AsyncIterator[Whole | bytes]:
+    """Each buffer filled to the brim goes on as it is (as `allocate` made it: the view
+    to fill, and what to hand on). A body starts, and goes on after a pause, in a small
+    buffer, so that a client that sends little holds little; one filled part-way (the
+    client paused) is copied out and filled again."""
     global _reading
     _reading += 1
     try:
         left, flowing = size, False
         buffer: memoryview | None = None
+        whole: Whole | None = None
         while left is None or left > 0:
             if buffer is None:
                 chunk = CHUNK_MAX if flowing else CHUNK_START
                 while chunk > CHUNK_MIN and 4 * chunk * _reading > CHUNK_BUDGET:
                     chunk //= 2
-                buffer = aligned_buffer(chunk if left is None else min(chunk, left))
+                buffer, whole = allocate(chunk if left is None else min(chunk, left))
             filled = await readinto(buffer)
             if not filled:
                 if left:  # the parser saw no more (an Upgrade request's body)
@@ -177,9 +202,9 @@ async def _read_into(
             if left is not None:
                 left -= filled
             flowing = filled == len(buffer)
-            if flowing:
-                yield buffer
-                buffer = None
+            if flowing and whole is not None:
+                yield whole
+                buffer = whole = None
             else:
                 yield bytes(buffer[:filled])
                 if len(buffer) > CHUNK_START:

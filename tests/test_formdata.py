@@ -27,20 +27,28 @@ def encode(parts: Sequence[tuple[str, str | None, bytes]], boundary: str = BOUND
     return out + f"--{boundary}--\r\n".encode()
 
 
-async def feed(body: bytes, cuts: list[int]) -> AsyncIterator[bytes]:
+Kind = type[bytes] | type[bytearray]  # bytearrays: as a real server reads bodies
+
+
+async def feed(
+    body: bytes, cuts: list[int], kind: Kind = bytes
+) -> AsyncIterator[bytes | bytearray]:
     start = 0
     for cut in sorted(set(cuts)):
         if start < cut < len(body):
-            yield body[start:cut]
+            yield kind(body[start:cut])
             start = cut
-    yield body[start:]
+    yield kind(body[start:])
 
 
 async def read_all(
-    body: bytes, cuts: list[int] | None = None, content_type: str = CONTENT_TYPE
+    body: bytes,
+    cuts: list[int] | None = None,
+    content_type: str = CONTENT_TYPE,
+    kind: Kind = bytes,
 ) -> list[tuple[str, str | None, bytes]]:
     found = []
-    async for part in FormReader(feed(body, cuts or []), content_type):
+    async for part in FormReader(feed(body, cuts or [], kind), content_type):
         data = b"".join([bytes(chunk) async for chunk in part.chunks()])
         found.append((part.name, part.filename, data))
     return found
@@ -58,17 +66,22 @@ async def test_reads_every_part() -> None:
     assert await read_all(encode(PARTS)) == PARTS
 
 
-async def test_boundary_split_at_every_position() -> None:
+@pytest.mark.parametrize("kind", [bytes, bytearray])
+async def test_boundary_split_at_every_position(kind: Kind) -> None:
     body = encode(PARTS)
     for cut in range(1, len(body)):
-        assert await read_all(body, [cut]) == PARTS, cut
+        assert await read_all(body, [cut], kind=kind) == PARTS, cut
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.integers(min_value=1, max_value=4000), max_size=30), st.binary(max_size=2000))
-async def test_any_chunking_gives_the_same_parts(cuts: list[int], data: bytes) -> None:
+@given(
+    st.lists(st.integers(min_value=1, max_value=4000), max_size=30),
+    st.binary(max_size=2000),
+    st.sampled_from([bytes, bytearray]),
+)
+async def test_any_chunking_gives_the_same_parts(cuts: list[int], data: bytes, kind: Kind) -> None:
     parts = [("key", None, b"k"), ("file", "x", data)]
-    assert await read_all(encode(parts), cuts) == parts
+    assert await read_all(encode(parts), cuts, kind=kind) == parts
 
 
 async def test_unread_parts_are_skipped() -> None:

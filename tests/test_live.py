@@ -51,6 +51,39 @@ def test_large_raw_and_form_uploads_round_trip(live: RunningGateway, tmp_path: P
     assert tmp_files(live.data_dir) == []
 
 
+def test_form_delimiters_across_the_edges_of_the_read_buffers(live: RunningGateway) -> None:
+    """A form body is read into buffers of 64 KiB, then 1 MiB (gateway.intake): files whose
+    delimiters begin just before the edges between those buffers, so that the parser finds
+    each across two of them, are stored byte for byte."""
+    boundary = "edge-boundary-7MA4YWxkTrZu0gW"
+    delimiter = f"\r\n--{boundary}".encode()
+    body = f'--{boundary}\r\nContent-Disposition: form-data; name="prefix"\r\n\r\nedges/'.encode()
+    edges = [64 * 1024 + n * MiB for n in range(4)]
+    files = {}
+    for n, (edge, before) in enumerate(zip(edges, (1, 3, 14, len(delimiter) - 1), strict=True)):
+        body += (
+            delimiter
+            + (
+                f'\r\nContent-Disposition: form-data; name="file"; filename="f{n}.bin"\r\n'
+                "Content-Type: application/octet-stream\r\n\r\n"
+            ).encode()
+        )
+        files[f"edges/f{n}.bin"] = data = os.urandom(edge - before - len(body))
+        body += data
+    body += delimiter + b"--\r\n"
+    posted = httpx.post(
+        f"{live.url}/objects",
+        content=body,
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        timeout=60,
+    )
+    assert posted.status_code == 201, posted.text
+    stored = {item["key"]: item["sha256"] for item in posted.json()["objects"]}
+    assert stored == {key: hashlib.sha256(data).hexdigest() for key, data in files.items()}
+    for key, data in files.items():
+        assert httpx.get(f"{live.url}/objects/{key}", timeout=60).content == data
+
+
 def test_resume_a_broken_download_with_range(live: RunningGateway) -> None:
     data = os.urandom(6 * MiB + 123)
     with httpx.Client(base_url=live.url, timeout=30) as client:

@@ -7,7 +7,7 @@ from fastapi import Request
 
 from ..errors import BadRequest
 from ..formdata import FormReader
-from ..intake import client_body, guess_type, limited
+from ..intake import client_bytearrays, guess_type, limited
 from ..keys import key_for_filename, sanitize_filename, validate_key
 from ..observe import note_keys
 from ..storage.base import ObjectInfo, Staged, Storage, WriteSpec
@@ -30,7 +30,7 @@ async def store_form(
     its files or none. A file's key is `key` if given; else, with `fields`, text fields
     `prefix` or `key` before the files name them; else it is its sanitized filename.
     Each key must be the `principal`'s to write before a byte of its file is stored."""
-    form = FormReader(client_body(request), request.headers.get("content-type"))
+    form = FormReader(client_bytearrays(request), request.headers.get("content-type"))
     staged: list[Staged] = []
     prefix, exact_key = "", key
     try:
