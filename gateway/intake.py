@@ -141,30 +141,23 @@ def client_buffers(request: Request) -> AsyncIterator[Buffer]:
     """The request body as client_body gives it, read straight into aligned buffers of up
     to CHUNK_MAX (for O_DIRECT writes, gateway.storage.direct) when the server offers to
     (gateway.protocol's READ_INTO): no copy of the bytes in the process on the way."""
-    extension = request.scope.get("extensions", {}).get(READ_INTO)
-    if extension is None:
-        return client_body(request)
-    return _paced(request, _read_into(extension["readinto"], declared_size(request), _aligned))
+    return _client_into(request, aligned_buffer)
 
 
 def client_bytearrays(request: Request) -> AsyncIterator[bytes | bytearray]:
     """As client_buffers, in bytearrays rather than aligned views: what a parser that
     searches its input (a multipart body's boundaries) takes as it is. A chunk handed on
     is never written to again, so views of it stay valid."""
+    return _client_into(request, bytearray)
+
+
+def _client_into(
+    request: Request, allocate: Callable[[int], Whole]
+) -> AsyncIterator[Whole | bytes]:
     extension = request.scope.get("extensions", {}).get(READ_INTO)
     if extension is None:
         return client_body(request)
-    return _paced(request, _read_into(extension["readinto"], declared_size(request), _plain))
-
-
-def _aligned(size: int) -> tuple[memoryview, memoryview]:
-    view = aligned_buffer(size)
-    return view, view
-
-
-def _plain(size: int) -> tuple[memoryview, bytearray]:
-    whole = bytearray(size)
-    return memoryview(whole), whole
+    return _paced(request, _read_into(extension["readinto"], declared_size(request), allocate))
 
 
 def _paced(request: Request, chunks: AsyncIterator[B]) -> AsyncIterator[B]:
@@ -176,24 +169,25 @@ def _paced(request: Request, chunks: AsyncIterator[B]) -> AsyncIterator[B]:
 async def _read_into(
     readinto: Callable[[memoryview], Awaitable[int]],
     size: int | None,
-    allocate: Callable[[int], tuple[memoryview, Whole]],
+    allocate: Callable[[int], Whole],
 ) -> AsyncIterator[Whole | bytes]:
-    """Each buffer filled to the brim goes on as it is (as `allocate` made it: the view
-    to fill, and what to hand on). A body starts, and goes on after a pause, in a small
-    buffer, so that a client that sends little holds little; one filled part-way (the
-    client paused) is copied out and filled again."""
+    """Each buffer filled to the brim goes on as it is (as `allocate` made it). A body
+    starts, and goes on after a pause, in a small buffer, so that a client that sends
+    little holds little; one filled part-way (the client paused) is copied out and filled
+    again."""
     global _reading
     _reading += 1
     try:
         left, flowing = size, False
-        buffer: memoryview | None = None
         whole: Whole | None = None
+        buffer = memoryview(b"")  # a view of `whole`, the part a read fills
         while left is None or left > 0:
-            if buffer is None:
+            if whole is None:
                 chunk = CHUNK_MAX if flowing else CHUNK_START
                 while chunk > CHUNK_MIN and 4 * chunk * _reading > CHUNK_BUDGET:
                     chunk //= 2
-                buffer, whole = allocate(chunk if left is None else min(chunk, left))
+                whole = allocate(chunk if left is None else min(chunk, left))
+                buffer = memoryview(whole)
             filled = await readinto(buffer)
             if not filled:
                 if left:  # the parser saw no more (an Upgrade request's body)
@@ -202,13 +196,13 @@ async def _read_into(
             if left is not None:
                 left -= filled
             flowing = filled == len(buffer)
-            if flowing and whole is not None:
+            if flowing:
                 yield whole
-                buffer = whole = None
+                whole = None
             else:
                 yield bytes(buffer[:filled])
                 if len(buffer) > CHUNK_START:
-                    buffer = None  # a small one next
+                    whole = None  # a small one next
     finally:
         _reading -= 1
 
